@@ -1,0 +1,73 @@
+"""Compiled op kernels with the API of :mod:`pyops`.
+
+``kernels.Relu``, ``kernels.Softmax``, ``kernels.Log`` and
+``kernels.SoftmaxCrossEntropy`` are the :mod:`pyops` classes with their
+arithmetic done by Cython loops over typed memoryviews (float32/float64,
+OpenMP threads over rows); ``kernels.Matmul`` uses numpy's BLAS like
+``pyops.Matmul``.  Checks, errors, ``mem`` and ``out=`` are shared, so
+swapping one backend for the other changes speed, not behaviour.
+
+Importing this package raises ImportError, with the command that builds it,
+when the compiled extension is missing.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from pyops import ops as _ops
+
+from . import _table
+from ._dispatch import built_variants, runnable_variants
+
+__all__ = [
+    "Matmul", "Relu", "Softmax", "Log", "SoftmaxCrossEntropy",
+    "build_info", "set_num_threads", "get_num_threads",
+]
+
+
+class _Compiled:
+    backend = "cython"
+    _kernels = _table
+
+
+class Matmul(_Compiled, _ops.Matmul):
+    __doc__ = _ops.Matmul.__doc__
+
+
+class Relu(_Compiled, _ops.Relu):
+    __doc__ = _ops.Relu.__doc__
+
+
+class Softmax(_Compiled, _ops.Softmax):
+    __doc__ = _ops.Softmax.__doc__
+
+
+class Log(_Compiled, _ops.Log):
+    __doc__ = _ops.Log.__doc__
+
+
+class SoftmaxCrossEntropy(_Compiled, _ops.SoftmaxCrossEntropy):
+    __doc__ = _ops.SoftmaxCrossEntropy.__doc__
+
+
+def set_num_threads(n: int) -> None:
+    """Use at most ``n`` OpenMP threads per kernel call (default: ``OMP_NUM_THREADS`` or all cores)."""
+    _table._k.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """The most threads a kernel call uses; small inputs always run on one."""
+    return _table._k.get_num_threads()
+
+
+def build_info() -> Dict[str, Any]:
+    """What is loaded: CPU variant, OpenMP on or off, vector exp/log, threads, module path."""
+    info = dict(_table._k.build_info())
+    info.update(
+        threads=get_num_threads(),
+        parallel_min_elements=_table._k.PARALLEL_MIN_ELEMENTS,
+        built_variants=built_variants(),
+        runnable_variants=runnable_variants(),
+        module=_table._k.__file__,
+    )
+    return info

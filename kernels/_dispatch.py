@@ -1,0 +1,73 @@
+"""Pick the compiled build of the kernels that this CPU can run.
+
+setup.py compiles the same source for several x86-64 levels; the fastest the
+CPU supports is loaded (numpy's own CPU-feature detection decides), the
+baseline elsewhere.  ``PYOPS_CPU_VARIANT`` forces one, for tests and benchmarks.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+from typing import Dict, List, Tuple
+
+# Fastest first: variant name -> numpy CPU feature it needs (None: any CPU).
+VARIANTS: Tuple[Tuple[str, object], ...] = (
+    ("x86_64_v4", "X86_V4"),
+    ("x86_64_v3", "X86_V3"),
+    ("baseline", None),
+)
+BUILD_HINT = (
+    "build it with `pip install .` from a checkout of opkernels (a C compiler and "
+    "Cython 3 are needed), and import it from outside the source tree"
+)
+
+
+def _cpu_features() -> Dict[str, bool]:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return {}
+    return dict(__cpu_features__)
+
+
+def runnable_variants() -> List[str]:
+    """Variants this CPU can execute, fastest first (built or not)."""
+    features = _cpu_features()
+    return [name for name, need in VARIANTS if need is None or features.get(need, False)]
+
+
+def built_variants() -> List[str]:
+    """Variants whose compiled module is installed, fastest first."""
+    return [n for n, _ in VARIANTS if importlib.util.find_spec(f"kernels._kernels_{n}") is not None]
+
+
+def load_variant(name: str) -> ModuleType:
+    """Import the compiled module of variant ``name``; ImportError says how to build it."""
+    known = [n for n, _ in VARIANTS]
+    if name not in known:
+        raise ValueError(f"unknown CPU variant {name!r}; known variants are {known}")
+    if name not in runnable_variants():
+        raise ImportError(f"this CPU cannot run the {name!r} build of kernels")
+    try:
+        return importlib.import_module(f"kernels._kernels_{name}")
+    except ImportError as exc:
+        raise ImportError(
+            f"the compiled {name!r} build of kernels is not available ({exc}); {BUILD_HINT}"
+        ) from exc
+
+
+def load() -> ModuleType:
+    """The compiled module to use: ``$PYOPS_CPU_VARIANT`` if set, else the best runnable build."""
+    forced = os.environ.get("PYOPS_CPU_VARIANT", "").strip()
+    if forced:
+        return load_variant(forced)
+    built = set(built_variants())
+    for name in runnable_variants():
+        if name in built:
+            return load_variant(name)
+    raise ImportError(f"the compiled extension of kernels is not built; {BUILD_HINT}")

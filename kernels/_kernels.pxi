@@ -1,0 +1,356 @@
+# Compiled kernels of Relu, Softmax, Log and SoftmaxCrossEntropy, forward and backward.
+#
+# Layers, top to bottom:
+#   1. C glue: OpenMP present or not, libmvec exp/log (see _simd_math.h), the build variant.
+#   2. `cdef inline ... noexcept nogil` helpers over raw pointers and a length: one per
+#      kernel, written so gcc vectorizes them (no branches on loaded values, locals first).
+#   3. Drivers `def relu_forward(...)` etc. over typed memoryviews (fused float/double,
+#      inputs `const`, outputs passed in): split rows or elements into one static chunk
+#      per thread with `prange`, below PARALLEL_MIN_ELEMENTS on one thread.
+# Every driver trusts its caller (kernels._table via pyops.ops) to have checked dtype,
+# shape, contiguity and overlap: bounds checks are off.
+#
+# This file is included by one .pyx per CPU variant (baseline, x86-64-v3, x86-64-v4);
+# setup.py compiles the same code with different -march flags.
+
+from cython cimport floating
+from cython.parallel cimport prange
+
+cdef extern from "_simd_math.h" nogil:
+    double exp(double)
+    float expf(float)
+    double log(double)
+    float logf(float)
+    int OPKERNELS_LIBMVEC
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define OPK_OPENMP 1
+    static int opk_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    #define OPK_OPENMP 0
+    static int opk_max_threads(void) { return 1; }
+    #endif
+    #ifndef OPK_VARIANT
+    #define OPK_VARIANT "unknown"
+    #endif
+    """
+    int OPK_OPENMP
+    const char* OPK_VARIANT
+    int opk_max_threads() nogil
+
+cdef enum:
+    # Below this many elements a parallel region costs more than it saves (KERNEL_NOTES).
+    MIN_PARALLEL = 32768
+    # Rows per softmax block: one long exp loop over ROW_BLOCK * c values.
+    ROW_BLOCK = 64
+
+PARALLEL_MIN_ELEMENTS = MIN_PARALLEL
+
+cdef int _n_threads = opk_max_threads()
+
+
+def set_num_threads(int n):
+    """Use at most ``n`` threads in every kernel of this module (n >= 1)."""
+    global _n_threads
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _n_threads = n
+
+
+def get_num_threads():
+    """The most threads a kernel of this module will use."""
+    return _n_threads
+
+
+def build_info():
+    """How this module was built: variant, OpenMP, vector exp/log."""
+    return {
+        "variant": OPK_VARIANT.decode(),
+        "openmp": bool(OPK_OPENMP),
+        "libmvec": bool(OPKERNELS_LIBMVEC),
+    }
+
+
+cdef inline int _threads_for(Py_ssize_t n_elements) noexcept nogil:
+    if n_elements < MIN_PARALLEL or not OPK_OPENMP:
+        return 1
+    return _n_threads
+
+
+cdef inline Py_ssize_t _chunk(Py_ssize_t n, int parts, Py_ssize_t align) noexcept nogil:
+    """Elements per part, rounded up to a multiple of ``align``."""
+    cdef Py_ssize_t c = (n + parts - 1) // parts
+    return ((c + align - 1) // align) * align
+
+
+# ---------------------------------------------------------------- helpers, one range each
+
+cdef inline void _relu_fwd(const floating* x, floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = x[i]
+        out[i] = 0 if v < 0 else v          # NaN is not < 0: it propagates
+
+
+cdef inline void _relu_bwd(const floating* x, const floating* g, floating* out,
+                           Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating gi
+    for i in range(n):
+        gi = g[i]                           # load first: the loop vectorizes
+        out[i] = gi * (x[i] > 0)            # a product, as TensorFlow: NaN in g stays NaN
+
+
+cdef inline void _log_fwd(const floating* x, floating eps, floating* out,
+                          Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if floating is float:
+        for i in range(n):
+            out[i] = logf(x[i] + eps)
+    else:
+        for i in range(n):
+            out[i] = log(x[i] + eps)
+
+
+cdef inline void _log_bwd(const floating* x, const floating* g, floating eps, floating* out,
+                          Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = g[i] / (x[i] + eps)
+
+
+cdef inline void _scaled_diff(const floating* s, const floating* y, floating scale,
+                              floating* out, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = scale * (s[i] - y[i])
+
+
+cdef inline void _exp_inplace(floating* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if floating is float:
+        for i in range(n):
+            a[i] = expf(a[i])
+    else:
+        for i in range(n):
+            a[i] = exp(a[i])
+
+
+cdef inline void _shift_by_row_max(const floating* x, floating* out, Py_ssize_t rows,
+                                   Py_ssize_t c) noexcept nogil:
+    """out = x - max(x) row by row (a NaN max makes the row NaN)."""
+    cdef Py_ssize_t r, j
+    cdef floating m, v
+    for r in range(rows):
+        m = x[r * c]
+        for j in range(1, c):
+            v = x[r * c + j]
+            if v > m:
+                m = v
+        for j in range(c):
+            out[r * c + j] = x[r * c + j] - m
+
+
+cdef inline double _normalize_rows(floating* e, Py_ssize_t rows, Py_ssize_t c,
+                                  const floating* weights) noexcept nogil:
+    """Divide each row of e by its sum t_r; return sum_r weights[r] * log(t_r) (0 if weights is NULL)."""
+    cdef Py_ssize_t r, j
+    cdef floating total, inv
+    cdef double acc = 0
+    for r in range(rows):
+        total = 0
+        for j in range(c):
+            total = total + e[r * c + j]
+        inv = 1 / total
+        for j in range(c):
+            e[r * c + j] = e[r * c + j] * inv
+        if weights != NULL:
+            acc += weights[r] * log(<double>total)
+    return acc
+
+
+cdef inline void _softmax_fwd(const floating* x, floating* out, Py_ssize_t rows,
+                              Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t r0, nb
+    for r0 from 0 <= r0 < rows by ROW_BLOCK:
+        nb = min(<Py_ssize_t>ROW_BLOCK, rows - r0)
+        _shift_by_row_max(x + r0 * c, out + r0 * c, nb, c)
+        _exp_inplace(out + r0 * c, nb * c)
+        _normalize_rows(out + r0 * c, nb, c, <const floating*>NULL)
+
+
+cdef inline void _softmax_bwd(const floating* s, const floating* g, floating* out,
+                              Py_ssize_t rows, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t r, j
+    cdef floating dot
+    for r in range(rows):
+        dot = 0
+        for j in range(c):
+            dot = dot + g[r * c + j] * s[r * c + j]
+        for j in range(c):
+            out[r * c + j] = s[r * c + j] * (g[r * c + j] - dot)
+
+
+cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
+                             Py_ssize_t rows, Py_ssize_t c) noexcept nogil:
+    """Write softmax(z) into s; return sum_i -<y_i, log_softmax(z_i)>.
+
+    With shifted = z - max(z) and t = sum(exp(shifted)), log_softmax = shifted - log(t), so
+    -<y, log_softmax> = <y, 1> log(t) - <y, shifted>: no probability is ever logged.
+    """
+    cdef Py_ssize_t r0, nb, r, j
+    cdef double loss = 0
+    cdef floating ydot, ys
+    cdef floating label_mass[ROW_BLOCK]
+    for r0 from 0 <= r0 < rows by ROW_BLOCK:
+        nb = min(<Py_ssize_t>ROW_BLOCK, rows - r0)
+        _shift_by_row_max(z + r0 * c, s + r0 * c, nb, c)
+        for r in range(r0, r0 + nb):
+            ydot = 0
+            ys = 0
+            for j in range(c):
+                ydot = ydot + y[r * c + j] * s[r * c + j]
+                ys = ys + y[r * c + j]
+            loss -= ydot
+            label_mass[r - r0] = ys
+        _exp_inplace(s + r0 * c, nb * c)
+        loss += _normalize_rows(s + r0 * c, nb, c, label_mass)
+    return loss
+
+
+# ------------------------------------------------- threading: one static chunk per thread
+
+cdef enum Kind:
+    RELU_FWD
+    RELU_BWD
+    LOG_FWD
+    LOG_BWD
+    SCALED_DIFF
+    SOFTMAX_FWD
+    SOFTMAX_BWD
+    XENT_FWD
+
+
+cdef inline double _range(Kind kind, const floating* a, const floating* b, floating k,
+                          floating* out, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    """Run one kernel on n elements (c == 1) or n rows of c values; only XENT_FWD returns a value."""
+    if kind == RELU_FWD:
+        _relu_fwd(a, out, n)
+    elif kind == RELU_BWD:
+        _relu_bwd(a, b, out, n)
+    elif kind == LOG_FWD:
+        _log_fwd(a, k, out, n)
+    elif kind == LOG_BWD:
+        _log_bwd(a, b, k, out, n)
+    elif kind == SCALED_DIFF:
+        _scaled_diff(a, b, k, out, n)
+    elif kind == SOFTMAX_FWD:
+        _softmax_fwd(a, out, n, c)
+    elif kind == SOFTMAX_BWD:
+        _softmax_bwd(a, b, out, n, c)
+    elif kind == XENT_FWD:
+        return _xent_fwd(a, b, out, n, c)
+    return 0
+
+
+cdef double _run(Kind kind, const floating* a, const floating* b, floating k, floating* out,
+                 Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    """Split n elements/rows (of c values) into one static chunk per thread; sum the results."""
+    cdef int nt = _threads_for(n * c)
+    cdef int t
+    cdef Py_ssize_t step, start
+    cdef double total = 0
+    if n == 0 or c == 0:
+        return 0
+    if nt == 1:
+        return _range(kind, a, b, k, out, n, c)
+    # Chunks of whole cache lines (elementwise) or whole softmax blocks (rows).
+    step = _chunk(n, nt, 16 if c == 1 else ROW_BLOCK)
+    for t in prange(nt, schedule="static", num_threads=nt):
+        start = t * step
+        if start < n:
+            total += _range(kind, a + start * c, (b + start * c) if b != NULL else b, k,
+                            out + start * c, min(step, n - start), c)
+    return total
+
+
+# ----------------------------------------------------------- drivers Python calls
+# Each returns early on empty input, so &x[0] below always points into a buffer.
+
+def relu_forward(const floating[::1] x,  # IN
+                 floating[::1] out):     # OUT  max(x, 0)
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        _run(RELU_FWD, &x[0], NULL, 0, &out[0], x.shape[0], 1)
+
+
+def relu_backward(const floating[::1] x,  # IN   forward input
+                  const floating[::1] g,  # IN   grad_y
+                  floating[::1] out):     # OUT  g * (x > 0)
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        _run(RELU_BWD, &x[0], &g[0], 0, &out[0], x.shape[0], 1)
+
+
+def log_forward(const floating[::1] x,  # IN
+                floating eps,
+                floating[::1] out):     # OUT  log(x + eps)
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        _run(LOG_FWD, &x[0], NULL, eps, &out[0], x.shape[0], 1)
+
+
+def log_backward(const floating[::1] x,  # IN   forward input
+                 const floating[::1] g,  # IN   grad_y
+                 floating eps,
+                 floating[::1] out):     # OUT  g / (x + eps)
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        _run(LOG_BWD, &x[0], &g[0], eps, &out[0], x.shape[0], 1)
+
+
+def scaled_difference(const floating[::1] s,  # IN
+                      const floating[::1] y,  # IN
+                      floating scale,
+                      floating[::1] out):     # OUT  scale * (s - y)
+    if s.shape[0] == 0:
+        return
+    with nogil:
+        _run(SCALED_DIFF, &s[0], &y[0], scale, &out[0], s.shape[0], 1)
+
+
+def softmax_forward(const floating[:, ::1] x,  # IN   (N, c) logits
+                    floating[:, ::1] out):     # OUT  (N, c) row softmax
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    with nogil:
+        _run(SOFTMAX_FWD, &x[0, 0], NULL, 0, &out[0, 0], x.shape[0], x.shape[1])
+
+
+def softmax_backward(const floating[:, ::1] s,  # IN   (N, c) forward output
+                     const floating[:, ::1] g,  # IN   (N, c) grad_y
+                     floating[:, ::1] out):     # OUT  (N, c) s * (g - <g, s>)
+    if s.shape[0] == 0 or s.shape[1] == 0:
+        return
+    with nogil:
+        _run(SOFTMAX_BWD, &s[0, 0], &g[0, 0], 0, &out[0, 0], s.shape[0], s.shape[1])
+
+
+def softmax_cross_entropy(const floating[:, ::1] z,  # IN   (N, c) logits
+                          const floating[:, ::1] y,  # IN   (N, c) label rows
+                          floating[:, ::1] s_out):   # OUT  (N, c) softmax(z)
+    """Return sum_i -<y_i, log_softmax(z_i)> (not divided by N) and fill s_out."""
+    cdef double total
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        return 0.0
+    with nogil:
+        total = _run(XENT_FWD, &z[0, 0], &y[0, 0], 0, &s_out[0, 0], z.shape[0], z.shape[1])
+    return total

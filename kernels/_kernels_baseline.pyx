@@ -1,0 +1,3 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# The baseline build of the compiled kernels; setup.py chooses its -march flags.
+include "_kernels.pxi"

@@ -1,0 +1,55 @@
+"""The compiled kernel table: the functions of :mod:`pyops._numpy_kernels`, compiled.
+
+Each function has the signature of its numpy twin and hands the compiled module
+flat (elementwise ops) or (N, c) C-contiguous views.  The op classes in
+:mod:`pyops.ops` have already checked dtypes, shapes, contiguity and overlap.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._dispatch import load
+
+_k = load()
+
+CONTIGUOUS_INPUTS = True  # the op classes pass C-contiguous arrays
+
+
+def relu_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _k.relu_forward(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def relu_backward(x: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _k.relu_backward(x.reshape(-1), g.reshape(-1), out.reshape(-1))
+    return out
+
+
+def softmax_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _k.softmax_forward(x, out)
+    return out
+
+
+def softmax_backward(s: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    _k.softmax_backward(s, g, out)
+    return out
+
+
+def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    _k.log_forward(x.reshape(-1), eps, out.reshape(-1))
+    return out
+
+
+def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    _k.log_backward(x.reshape(-1), g.reshape(-1), eps, out.reshape(-1))
+    return out
+
+
+def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
+    n = z.shape[0]
+    return 0.0 if n == 0 else _k.softmax_cross_entropy(z, y, s_out) / n
+
+
+def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -> np.ndarray:
+    _k.scaled_difference(s.reshape(-1), y.reshape(-1), scale, out.reshape(-1))
+    return out

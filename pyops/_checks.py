@@ -1,0 +1,92 @@
+"""Input checks shared by every op of every backend.
+
+Each op validates dtype, ndim, shape and ``out=`` here, in Python, before any
+numpy expression or unchecked compiled loop runs.  The messages name the op and
+say what was expected, so both backends fail the same way on the same input.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+FLOAT_DTYPES: Tuple[np.dtype, ...] = (np.dtype(np.float32), np.dtype(np.float64))
+_ACCEPTED = "float32 or float64"
+
+
+def as_float_array(where: str, name: str, a: Any) -> np.ndarray:
+    """Return ``a`` as an ndarray of float32/float64 without copying it.
+
+    Raises TypeError for any other dtype (ints, bools, float16, complex, object)
+    rather than casting: a silent cast would hide a precision change.
+    """
+    arr = np.asarray(a)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{where}: {name} must have dtype {_ACCEPTED}, got {arr.dtype}"
+            + (" (cast it with .astype(np.float64) first)" if arr.dtype.kind in "iub" else "")
+        )
+    return arr
+
+
+def check_same_dtype(where: str, name: str, a: np.ndarray, dtype: np.dtype, ref: str) -> None:
+    """Raise TypeError unless ``a.dtype == dtype``; ``ref`` says where ``dtype`` came from."""
+    if a.dtype != dtype:
+        raise TypeError(
+            f"{where}: {name} has dtype {a.dtype} but {ref} is {dtype}; "
+            f"both must have the same dtype (cast with .astype(np.{dtype}))"
+        )
+
+
+def check_ndim(where: str, name: str, a: np.ndarray, ndim: int, layout: str) -> None:
+    """Raise ValueError unless ``a.ndim == ndim``; ``layout`` names the axes, e.g. ``(N, c)``."""
+    if a.ndim != ndim:
+        raise ValueError(
+            f"{where}: {name} must be {ndim}-D {layout}, got {a.ndim}-D array of shape {a.shape}"
+        )
+
+
+def check_shape(where: str, name: str, a: np.ndarray, shape: Tuple[int, ...], ref: str) -> None:
+    """Raise ValueError unless ``a.shape == shape``; ``ref`` says where ``shape`` came from."""
+    if a.shape != tuple(shape):
+        raise ValueError(f"{where}: {name} must have shape {tuple(shape)} ({ref}), got {a.shape}")
+
+
+def check_out(
+    where: str,
+    out: Optional[np.ndarray],
+    shape: Tuple[int, ...],
+    dtype: np.dtype,
+    inputs: Tuple[np.ndarray, ...] = (),
+    name: str = "out",
+) -> Optional[np.ndarray]:
+    """Validate a caller-supplied output array, or pass ``None`` through.
+
+    ``out`` must be a writeable, C-contiguous ndarray of exactly ``shape`` and
+    ``dtype``.  It may be one of ``inputs`` exactly (an in-place update), but
+    must not partially overlap any of them: elementwise loops would then read
+    values they already overwrote.
+    """
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{where}: {name} must have dtype {dtype}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{where}: {name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{where}: {name} must be C-contiguous (use np.empty(shape, dtype))")
+    if not out.flags.writeable:
+        raise ValueError(f"{where}: {name} is read-only")
+    for a in inputs:
+        if a is None or a is out:
+            continue
+        same = (
+            a.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+            and a.shape == out.shape
+            and a.strides == out.strides
+        )
+        if not same and np.may_share_memory(a, out):
+            raise ValueError(f"{where}: {name} overlaps an input without being identical to it")
+    return out

@@ -1,0 +1,80 @@
+"""The numpy kernel table: the reference arithmetic of every op.
+
+Each function writes its result into ``out`` (allocated and validated by the op
+class in :mod:`pyops.ops`) and returns it.  ``kernels`` provides a table with the
+same functions, compiled; the op classes never know which one they call.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
+
+
+def relu_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = max(x, 0)``; NaN propagates as in TensorFlow."""
+    return np.maximum(x, 0, out=out)
+
+
+def relu_backward(x: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = g * (x > 0)``: a product, as TensorFlow's ReluGrad (NaN in g stays NaN)."""
+    return np.multiply(g, x > 0, out=out)
+
+
+def softmax_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Row softmax, stable: ``exp(x - max(x)) / sum(exp(x - max(x)))``."""
+    if x.size == 0:
+        return out
+    np.subtract(x, x.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
+
+
+def softmax_backward(s: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Batched VJP ``s * (g - <g, s>)``: the product with ``J = diag(s) - s s^T`` per row."""
+    if s.size == 0:
+        return out
+    dot = np.einsum("ij,ij->i", g, s)[:, None]
+    np.subtract(g, dot, out=out)
+    out *= s
+    return out
+
+
+def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    """``out = log(x + eps)``."""
+    np.add(x, x.dtype.type(eps), out=out)
+    return np.log(out, out=out)
+
+
+def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
+    """``out = g / (x + eps)``."""
+    np.add(x, x.dtype.type(eps), out=out)
+    return np.divide(g, out, out=out)
+
+
+def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
+    """Mean softmax cross-entropy of logits ``z`` against label rows ``y``.
+
+    Writes ``softmax(z)`` into ``s_out`` and returns
+    ``-mean_i sum_j y_ij * log_softmax(z)_ij``, with the log-sum-exp taken
+    after the row max is subtracted, so no probability is ever logged.
+    """
+    n = z.shape[0]
+    if n == 0:
+        return 0.0
+    if z.shape[1] == 0:
+        return 0.0
+    shifted = z - z.max(axis=1, keepdims=True)
+    np.exp(shifted, out=s_out)
+    row_sum = s_out.sum(axis=1, keepdims=True)
+    s_out /= row_sum
+    log_softmax = shifted - np.log(row_sum)
+    return float(-np.einsum("ij,ij->", y, log_softmax) / n)
+
+
+def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -> np.ndarray:
+    """``out = scale * (s - y)``; the op passes ``scale = grad / N``."""
+    np.subtract(s, y, out=out)
+    out *= s.dtype.type(scale)
+    return out

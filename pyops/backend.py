@@ -1,0 +1,93 @@
+"""The one place where the backend is chosen.
+
+Backends are kernel namespaces with the same op classes:
+
+- ``"numpy"``: :mod:`pyops`'s pure-numpy reference (always available);
+- ``"cython"``: :mod:`kernels`, compiled by ``pip install .``.
+
+The active backend starts as ``$PYOPS_BACKEND`` (default ``"numpy"``), read
+once at import.  Asking for ``"cython"`` when the extension is not built raises
+ImportError with the command that builds it; there is never a silent fallback.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from types import SimpleNamespace
+from typing import Iterator, Optional, Tuple
+
+BACKENDS: Tuple[str, ...] = ("numpy", "cython")
+OP_NAMES: Tuple[str, ...] = ("Matmul", "Relu", "Softmax", "Log", "SoftmaxCrossEntropy")
+_MODULES = {"numpy": "pyops.ops", "cython": "kernels"}
+
+_active: str = "numpy"
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends are {', '.join(map(repr, BACKENDS))}")
+    return name
+
+
+def get_ops(name: Optional[str] = None) -> SimpleNamespace:
+    """Return the op classes of backend ``name`` (default: the active one).
+
+    The namespace has ``Matmul``, ``Relu``, ``Softmax``, ``Log`` and
+    ``SoftmaxCrossEntropy`` plus ``backend``, its name.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not a known backend.
+    ImportError
+        If ``name`` is ``"cython"`` and the compiled extension is not built.
+    """
+    name = _check_name(get_backend() if name is None else name)
+    module = importlib.import_module(_MODULES[name])
+    return SimpleNamespace(backend=name, **{op: getattr(module, op) for op in OP_NAMES})
+
+
+def available_backends() -> Tuple[str, ...]:
+    """The backends that can be used here (``"cython"`` only if it is built and loads)."""
+    found = []
+    for name in BACKENDS:
+        try:
+            get_ops(name)
+        except ImportError:
+            continue
+        found.append(name)
+    return tuple(found)
+
+
+def get_backend() -> str:
+    """The name of the active backend."""
+    return _active
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` the active backend, after checking that it loads."""
+    global _active
+    get_ops(name)
+    _active = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[SimpleNamespace]:
+    """Context manager: ``with use_backend("cython") as ops: ...`` then restore the previous one."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield get_ops(name)
+    finally:
+        set_backend(previous)
+
+
+def _from_environment() -> None:
+    name = os.environ.get("PYOPS_BACKEND", "").strip()
+    if not name:
+        return
+    try:
+        set_backend(name)
+    except ValueError as e:
+        raise ValueError(f"PYOPS_BACKEND: {e}") from None
