@@ -1,0 +1,55 @@
+"""Shared fixtures: backends, dtypes with their tolerances, TensorFlow as the oracle."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import pyops
+
+BACKENDS = ("numpy", "cython")
+DTYPES = (np.float32, np.float64)
+# rtol/atol per dtype for comparisons with TensorFlow and between backends.
+TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def ops(backend):
+    """The op classes of one backend. A missing compiled extension is an error, not a skip."""
+    return pyops.get_ops(backend)
+
+
+@pytest.fixture(params=DTYPES, ids=lambda d: np.dtype(d).name)
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def tol(dtype):
+    return TOL[dtype]
+
+
+@pytest.fixture(scope="session")
+def tf():
+    """TensorFlow, the oracle. Skipped only where it cannot be installed; CI sets
+    OPKERNELS_REQUIRE_TF=1 so that a missing TensorFlow fails there instead."""
+    if os.environ.get("OPKERNELS_REQUIRE_TF") == "1":
+        import tensorflow
+
+        return tensorflow
+    return pytest.importorskip("tensorflow", reason="TensorFlow (the test oracle) is not installed")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -1,0 +1,168 @@
+"""The compiled kernels against the numpy reference: random inputs, every built CPU variant,
+sizes on both sides of the threading threshold, finite differences, and hypothesis."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import kernels
+import pyops
+from conftest import TOL
+from kernels import _dispatch
+
+# (N, c): below and above kernels' PARALLEL_MIN_ELEMENTS, and ragged thread chunks.
+SHAPES = [(1, 1), (3, 10), (129, 10), (6001, 10), (1001, 100)]
+UNARY = ["Relu", "Softmax", "Log", "SoftmaxCrossEntropy"]
+
+
+def forward_backward(ops, name, x, g):
+    op = getattr(ops, name)()
+    if name == "SoftmaxCrossEntropy":
+        labels = np.eye(x.shape[1], dtype=x.dtype)[np.arange(x.shape[0]) % x.shape[1]]
+        return np.asarray(op.forward(x, labels)), op.backward(2.0)
+    if name == "Log":
+        x = np.abs(x)
+    return op.forward(x), op.backward(g)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name", UNARY)
+def test_cython_matches_numpy(name, shape, dtype, rng):
+    x = (rng.normal(size=shape) * 3).astype(dtype)
+    g = rng.normal(size=shape).astype(dtype)
+    want = forward_backward(pyops.get_ops("numpy"), name, x, g)
+    got = forward_backward(pyops.get_ops("cython"), name, x, g)
+    for w, v in zip(want, got):
+        assert v.dtype == w.dtype
+        np.testing.assert_allclose(v, w, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+
+
+def built_runnable_variants():
+    return [v for v in _dispatch.runnable_variants() if v in _dispatch.built_variants()]
+
+
+@pytest.mark.parametrize("variant", built_runnable_variants())
+def test_every_cpu_variant_matches_numpy(variant, dtype, rng):
+    """Each compiled build this CPU can run, called directly (PYOPS_CPU_VARIANT picks one per process)."""
+    mod = _dispatch.load_variant(variant)
+    x = (rng.normal(size=(6001, 10)) * 3).astype(dtype)
+    g = rng.normal(size=x.shape).astype(dtype)
+    ref = pyops._numpy_kernels
+    tol = dict(rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+    for fn, args in [("relu_forward", (x,)), ("relu_backward", (x, g)), ("softmax_forward", (x,)),
+                     ("log_forward", (np.abs(x), 1e-12)), ("log_backward", (np.abs(x), g, 1e-12))]:
+        want = getattr(ref, fn)(*args, out=np.empty_like(x))
+        out = np.empty_like(x)
+        flat = fn != "softmax_forward"
+        call_args = [a.reshape(-1) if flat and isinstance(a, np.ndarray) else a for a in args]
+        getattr(mod, fn)(*call_args, out.reshape(-1) if flat else out)
+        np.testing.assert_allclose(out, want, **tol, err_msg=f"{variant}.{fn}")
+    s = ref.softmax_forward(x, np.empty_like(x))
+    out = np.empty_like(x)
+    mod.softmax_backward(s, g, out)
+    np.testing.assert_allclose(out, ref.softmax_backward(s, g, np.empty_like(x)), **tol)
+
+
+def test_threads_do_not_change_results(dtype, rng):
+    x = rng.normal(size=(3000, 100)).astype(dtype)
+    ops = pyops.get_ops("cython")
+    before = kernels.get_num_threads()
+    try:
+        kernels.set_num_threads(1)
+        one = [ops.Relu().forward(x), ops.Softmax().forward(x), ops.Log().forward(np.abs(x))]
+        kernels.set_num_threads(2)
+        two = [ops.Relu().forward(x), ops.Softmax().forward(x), ops.Log().forward(np.abs(x))]
+    finally:
+        kernels.set_num_threads(before)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def numeric_grad(f, x, g, h=1e-6):
+    """Central differences of <g, f(x)> with respect to x."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[i] += h
+        xm[i] -= h
+        grad[i] = (np.sum(g * f(xp)) - np.sum(g * f(xm))) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("name", ["Relu", "Softmax", "Log", "Matmul-x", "Matmul-W"])
+def test_finite_differences(ops, name, rng):
+    x = rng.normal(size=(4, 5))
+    x[np.abs(x) < 0.05] = 0.3  # away from relu's kink
+    W = rng.normal(size=(5, 3))
+    if name == "Log":
+        x = np.abs(x) + 0.1
+    if name.startswith("Matmul"):
+        g = rng.normal(size=(4, 3))
+        op = ops.Matmul()
+        op.forward(x, W)
+        gx, gW = op.backward(g)
+        if name == "Matmul-x":
+            np.testing.assert_allclose(gx, numeric_grad(lambda a: a @ W, x, g), rtol=1e-6, atol=1e-8)
+        else:
+            np.testing.assert_allclose(gW, numeric_grad(lambda a: x @ a, W, g), rtol=1e-6, atol=1e-8)
+        return
+    g = rng.normal(size=x.shape)
+    op = getattr(ops, name)()
+    op.forward(x)
+    f = lambda a: getattr(ops, name)().forward(a)  # noqa: E731
+    np.testing.assert_allclose(op.backward(g), numeric_grad(f, x, g), rtol=1e-6, atol=1e-8)
+
+
+def test_cross_entropy_finite_differences(ops, rng):
+    z = rng.normal(size=(6, 4))
+    y = np.eye(4)[[0, 1, 2, 3, 0, 1]]
+    op = ops.SoftmaxCrossEntropy()
+    op.forward(z, y)
+    num = numeric_grad(lambda a: np.asarray(ops.SoftmaxCrossEntropy().forward(a, y)), z, np.ones(()))
+    np.testing.assert_allclose(op.backward(), num, rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------- property-based
+
+float_arrays = st.sampled_from([np.float32, np.float64]).flatmap(
+    lambda dt: hnp.arrays(
+        dt,
+        hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=40),
+        elements=st.floats(-50, 50, width=np.dtype(dt).itemsize * 8, allow_nan=False),
+    )
+)
+
+
+def strided(a, step, order):
+    """``a``'s values with another memory layout: every ``step``-th row of a bigger array, or F order."""
+    if order == "F":
+        return np.asfortranarray(a)
+    big = np.zeros((a.shape[0] * step, a.shape[1]), a.dtype)
+    big[::step] = a
+    return big[::step]
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=float_arrays, step=st.integers(1, 3), order=st.sampled_from(["C", "F"]))
+def test_property_cython_equals_numpy(x, step, order):
+    g = np.cos(x).astype(x.dtype)  # a deterministic gradient with both signs
+    xs, gs = strided(x, step, order), strided(g, step, order)
+    tol = dict(rtol=TOL[x.dtype.type]["rtol"] * 10, atol=TOL[x.dtype.type]["atol"] * 10)
+    for name in ("Relu", "Softmax", "Log"):
+        want = forward_backward(pyops.get_ops("numpy"), name, x, g)
+        got = forward_backward(pyops.get_ops("cython"), name, xs, gs)
+        for w, v in zip(want, got):
+            np.testing.assert_allclose(v, w, **tol, err_msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=float_arrays)
+def test_property_softmax_rows_are_distributions(x):
+    if x.shape[1] == 0:
+        return
+    s = pyops.get_ops("cython").Softmax().forward(x * 1e3)  # large logits must not overflow
+    assert np.all(np.isfinite(s)) and np.all(s >= 0)
+    np.testing.assert_allclose(s.sum(axis=1), 1, rtol=1e-5)

@@ -1,0 +1,154 @@
+"""Bad input gets a clear error naming the op and what was expected, the same in both backends."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import pyops
+
+BAD_DTYPES = [np.int64, np.int32, np.bool_, np.float16, np.complex128, object]
+
+
+def unary_ops(ops):
+    """(name, op factory, a valid 2-D input) for the one-input ops."""
+    return [
+        ("Relu", ops.Relu, np.ones((4, 3))),
+        ("Softmax", ops.Softmax, np.ones((4, 3))),
+        ("Log", ops.Log, np.ones((4, 3))),
+    ]
+
+
+@pytest.mark.parametrize("bad", BAD_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_bad_dtype_forward(ops, bad):
+    for name, make, x in unary_ops(ops):
+        with pytest.raises(TypeError, match=rf"^{name}\.forward: x must have dtype float32 or float64, got"):
+            make().forward(x.astype(bad))
+    with pytest.raises(TypeError, match=r"^Matmul\.forward: x must have dtype float32 or float64"):
+        ops.Matmul().forward(np.ones((2, 3)).astype(bad), np.ones((3, 2)))
+    with pytest.raises(TypeError, match=r"^Matmul\.forward: W must have dtype float32 or float64"):
+        ops.Matmul().forward(np.ones((2, 3)), np.ones((3, 2)).astype(bad))
+    with pytest.raises(TypeError, match=r"^SoftmaxCrossEntropy\.forward: z must have dtype"):
+        ops.SoftmaxCrossEntropy().forward(np.ones((2, 3)).astype(bad), np.eye(3)[:2])
+
+
+@pytest.mark.parametrize("bad", BAD_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_bad_dtype_backward(ops, bad):
+    for name, make, x in unary_ops(ops):
+        op = make()
+        y = op.forward(x)
+        with pytest.raises(TypeError, match=rf"^{name}\.backward: grad_y must have dtype float32 or float64"):
+            op.backward(np.ones_like(y).astype(bad))
+
+
+def test_float32_in_float32_out(ops):
+    x = np.full((3, 4), 0.5, np.float32)
+    for _, make, _ in unary_ops(ops):
+        op = make()
+        assert op.forward(x).dtype == np.float32
+        assert op.backward(x).dtype == np.float32
+    mm = ops.Matmul()
+    assert mm.forward(x, x.T.copy()).dtype == np.float32
+    assert all(g.dtype == np.float32 for g in mm.backward(np.ones((3, 3), np.float32)))
+
+
+@pytest.mark.parametrize("fwd,bwd", [(np.float32, np.float64), (np.float64, np.float32)],
+                         ids=["f32-forward-f64-grad", "f64-forward-f32-grad"])
+def test_grad_of_other_float_dtype_is_rejected(ops, fwd, bwd):
+    """The rule: grad_y must have the forward dtype; no silent up- or down-cast."""
+    for name, make, x in unary_ops(ops):
+        op = make()
+        op.forward(x.astype(fwd))
+        with pytest.raises(TypeError, match=rf"^{name}\.backward: grad_y has dtype {np.dtype(bwd)} but the forward output is {np.dtype(fwd)}"):
+            op.backward(np.ones((4, 3), bwd))
+    mm = ops.Matmul()
+    mm.forward(np.ones((2, 3), fwd), np.ones((3, 2), fwd))
+    with pytest.raises(TypeError, match=r"^Matmul\.backward: grad_y has dtype"):
+        mm.backward(np.ones((2, 2), bwd))
+
+
+def test_matmul_mixed_dtypes(ops):
+    with pytest.raises(TypeError, match=r"^Matmul\.forward: W has dtype float32 but x is float64"):
+        ops.Matmul().forward(np.ones((2, 3)), np.ones((3, 2), np.float32))
+
+
+def test_wrong_ndim(ops):
+    with pytest.raises(ValueError, match=r"^Softmax\.forward: x must be 2-D \(N, c\), got 1-D array of shape \(5,\)"):
+        ops.Softmax().forward(np.ones(5))
+    with pytest.raises(ValueError, match=r"^Softmax\.forward: x must be 2-D"):
+        ops.Softmax().forward(np.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match=r"^Matmul\.forward: x must be 2-D \(N, d\)"):
+        ops.Matmul().forward(np.ones(3), np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"^Matmul\.forward: W must be 2-D \(d, d'\)"):
+        ops.Matmul().forward(np.ones((2, 3)), np.ones(3))
+    with pytest.raises(ValueError, match=r"^SoftmaxCrossEntropy\.forward: z must be 2-D"):
+        ops.SoftmaxCrossEntropy().forward(np.ones(3), np.ones(3))
+
+
+def test_matmul_shape_mismatch(ops):
+    with pytest.raises(ValueError, match=re.escape("Matmul.forward: W must have shape (3, d') to match x of shape (2, 3), got (4, 2)")):
+        ops.Matmul().forward(np.ones((2, 3)), np.ones((4, 2)))
+
+
+def test_grad_shape_mismatch(ops):
+    for name, make, x in unary_ops(ops):
+        op = make()
+        op.forward(x)
+        with pytest.raises(ValueError, match=re.escape(f"{name}.backward: grad_y must have shape (4, 3) (the forward output's shape), got (3, 4)")):
+            op.backward(np.ones((3, 4)))
+    mm = ops.Matmul()
+    mm.forward(np.ones((2, 3)), np.ones((3, 5)))
+    with pytest.raises(ValueError, match=re.escape("Matmul.backward: grad_y must have shape (2, 5)")):
+        mm.backward(np.ones((5, 2)))
+
+
+def test_backward_before_forward(ops):
+    for name, make, x in unary_ops(ops) + [("Matmul", ops.Matmul, None), ("SoftmaxCrossEntropy", ops.SoftmaxCrossEntropy, None)]:
+        with pytest.raises(RuntimeError, match=rf"^{name}\.backward called before forward"):
+            make().backward(np.ones((4, 3)))
+
+
+def test_out_errors(ops):
+    x = np.ones((4, 3))
+    with pytest.raises(TypeError, match=r"^Relu\.forward: out must have dtype float64, got float32"):
+        ops.Relu().forward(x, out=np.empty((4, 3), np.float32))
+    with pytest.raises(ValueError, match=re.escape("Relu.forward: out must have shape (4, 3), got (3, 4)")):
+        ops.Relu().forward(x, out=np.empty((3, 4)))
+    with pytest.raises(ValueError, match=r"^Softmax\.forward: out must be C-contiguous"):
+        ops.Softmax().forward(x, out=np.empty((3, 4)).T)
+    ro = np.empty((4, 3))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^Log\.forward: out is read-only"):
+        ops.Log().forward(x, out=ro)
+    with pytest.raises(TypeError, match=r"^Log\.forward: out must be a numpy.ndarray, got list"):
+        ops.Log().forward(x, out=[[0.0] * 3] * 4)
+    big = np.arange(16.0)
+    with pytest.raises(ValueError, match=r"^Relu\.forward: out overlaps an input without being identical"):
+        ops.Relu().forward(big[:12].reshape(4, 3), out=big[4:].reshape(4, 3))
+    mm = ops.Matmul(input_grad=False)
+    mm.forward(x, np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"^Matmul\.backward: out\[0\] must be None when input_grad=False"):
+        mm.backward(np.ones((4, 2)), out=(np.empty((4, 3)), None))
+
+
+def test_integer_labels_out_of_range(ops):
+    with pytest.raises(ValueError, match=re.escape("SoftmaxCrossEntropy.forward: integer labels must lie in [0, 3), got values in [0, 3]")):
+        ops.SoftmaxCrossEntropy().forward(np.ones((2, 3)), np.array([0, 3]))
+
+
+def test_both_backends_raise_the_same_message():
+    """One set of checks serves both backends, so the messages are identical."""
+    cases = [
+        lambda o: o.Relu().forward(np.ones(3, np.int32)),
+        lambda o: o.Softmax().forward(np.ones(3)),
+        lambda o: o.Log().backward(np.ones(3)),
+        lambda o: o.Matmul().forward(np.ones((2, 3)), np.ones((2, 3))),
+    ]
+    for case in cases:
+        messages = []
+        for name in ("numpy", "cython"):
+            with pytest.raises(Exception) as info:
+                case(pyops.get_ops(name))
+            messages.append((type(info.value), str(info.value)))
+        assert messages[0] == messages[1]
