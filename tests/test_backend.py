@@ -1,0 +1,136 @@
+"""The backend switch, the compiled build, and what happens when it is missing."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+import pyops
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, cwd=None, **env) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, by default outside the source tree."""
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd or tempfile.gettempdir(), env=full_env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_get_ops_returns_each_backends_classes():
+    np_ops, cy_ops = pyops.get_ops("numpy"), pyops.get_ops("cython")
+    assert np_ops.Relu is pyops.Relu and cy_ops.Relu is kernels.Relu
+    assert np_ops.backend == "numpy" and cy_ops.backend == "cython"
+    assert kernels.Softmax().backend == "cython" and pyops.Softmax().backend == "numpy"
+    assert pyops.available_backends() == ("numpy", "cython")
+
+
+def test_set_get_and_context_manager():
+    start = pyops.get_backend()
+    try:
+        pyops.set_backend("cython")
+        assert pyops.get_backend() == "cython"
+        assert pyops.get_ops().Log is kernels.Log
+        with pyops.use_backend("numpy") as ops:
+            assert ops.Log is pyops.Log and pyops.get_backend() == "numpy"
+        assert pyops.get_backend() == "cython"
+    finally:
+        pyops.set_backend(start)
+
+
+def test_unknown_backend_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown backend 'torch'; valid backends are 'numpy', 'cython'"):
+        pyops.set_backend("torch")
+    with pytest.raises(ValueError, match="unknown backend"):
+        pyops.get_ops("cuda")
+
+
+def test_environment_variable_is_read_at_import():
+    out = run_python("import pyops; print(pyops.get_backend())", PYOPS_BACKEND="cython")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "cython"
+    bad = run_python("import pyops", PYOPS_BACKEND="jax")
+    assert bad.returncode != 0 and "PYOPS_BACKEND: unknown backend 'jax'" in bad.stderr
+
+
+def test_same_model_code_runs_on_either_backend():
+    x = np.linspace(-2, 2, 30).reshape(3, 10)
+    results = []
+    for name in ("numpy", "cython"):
+        with pyops.use_backend(name):
+            ops = pyops.get_ops()
+            results.append(ops.Log().forward(ops.Softmax().forward(ops.Relu().forward(x))))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12)
+
+
+def test_installed_kernels_are_the_compiled_extension():
+    """The tests import the installed package, never the source tree."""
+    info = kernels.build_info()
+    assert Path(kernels.__file__).resolve().parent != REPO / "kernels"
+    assert Path(info["module"]).suffix in (".so", ".pyd")
+    assert info["variant"] in info["built_variants"]
+    assert info["variant"] == info["runnable_variants"][0], "the best variant this CPU runs was not loaded"
+
+
+def test_missing_extension_raises_with_build_instructions():
+    """From the source tree (no compiled module there), asking for cython must fail loudly."""
+    if list((REPO / "kernels").glob("_kernels_*.so")):
+        pytest.skip("this checkout has an in-place build; the check needs a tree without one")
+    code = "import pyops\ntry:\n    pyops.get_ops('cython')\nexcept ImportError as e:\n    print('ImportError:', e)\n"
+    out = run_python(code, cwd=REPO, PYTHONPATH=str(REPO))
+    assert "ImportError:" in out.stdout, out.stdout + out.stderr
+    assert "pip install ." in out.stdout
+    assert "cython" not in run_python("import pyops; print(pyops.available_backends())",
+                                      cwd=REPO, PYTHONPATH=str(REPO)).stdout
+
+
+@pytest.mark.parametrize("variant", ["baseline", "x86_64_v3", "x86_64_v4"])
+def test_forcing_a_cpu_variant(variant):
+    from kernels import _dispatch
+
+    if variant not in _dispatch.runnable_variants() or variant not in _dispatch.built_variants():
+        pytest.skip(f"{variant} is not built or this CPU cannot run it")
+    out = run_python("import kernels; print(kernels.build_info()['variant'])", PYOPS_CPU_VARIANT=variant)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == variant
+
+
+def test_forcing_an_unknown_variant_fails():
+    out = run_python("import kernels", PYOPS_CPU_VARIANT="avx9000")
+    assert out.returncode != 0 and "unknown CPU variant 'avx9000'" in out.stderr
+
+
+def test_build_info_and_threads():
+    info = kernels.build_info()
+    assert {"variant", "openmp", "libmvec", "threads"} <= set(info)
+    before = kernels.get_num_threads()
+    try:
+        pyops.set_num_threads(1)
+        assert kernels.get_num_threads() == 1 and kernels.build_info()["threads"] == 1
+    finally:
+        kernels.set_num_threads(before)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        pyops.set_num_threads(0)
+
+
+def test_omp_num_threads_is_honoured():
+    out = run_python("import kernels; print(kernels.get_num_threads())", OMP_NUM_THREADS="1")
+    assert out.stdout.strip() == "1", out.stderr
+
+
+def test_import_does_not_enable_flush_to_zero():
+    """A -ffast-math link would set FTZ/DAZ for the whole process on import."""
+    code = (
+        "import numpy as np, kernels\n"
+        "tiny = np.array([np.finfo(np.float64).smallest_subnormal, np.finfo(np.float32).smallest_subnormal])\n"
+        "print(float(tiny[0] * 1.0) > 0, np.float32(tiny[1]) * np.float32(1) > 0,"
+        " float(np.finfo(np.float64).tiny / 2) > 0)\n"
+    )
+    out = run_python(code)
+    assert out.stdout.split() == ["True", "True", "True"], out.stdout + out.stderr
