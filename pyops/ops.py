@@ -53,8 +53,8 @@ class Op:
     def _input(self, method: str, name: str, a: Any) -> np.ndarray:
         """Check the dtype; give compiled kernels the C-contiguous copy they need."""
         a = as_float_array(self._where(method), name, a)
-        if self._kernels.CONTIGUOUS_INPUTS:
-            a = np.ascontiguousarray(a)
+        if self._kernels.CONTIGUOUS_INPUTS and not a.flags.c_contiguous:
+            a = a.copy(order="C")  # not np.ascontiguousarray: it turns 0-d into 1-d
         return a
 
     def _recall(self, *keys: str) -> Tuple[np.ndarray, ...]:

@@ -72,6 +72,16 @@ def test_empty(ops, dtype, n, c):
     np.testing.assert_array_equal(gW, np.zeros((c, 4)))
 
 
+def test_zero_dimensional_and_3d_elementwise(ops, dtype):
+    for shape in [(), (2, 3, 4)]:
+        x = np.full(shape, 2.0, dtype)
+        for name in ("Relu", "Log"):
+            op = getattr(ops, name)()
+            y = op.forward(x)
+            assert y.shape == shape and y.dtype == dtype
+            assert op.backward(np.ones(shape, dtype)).shape == shape
+
+
 def test_nan_propagates(ops, dtype):
     x = np.array([[np.nan, -1.0, 2.0], [0.5, 1.0, 1.5]], dtype)
     assert np.isnan(ops.Relu().forward(x)[0, 0])
