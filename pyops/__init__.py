@@ -17,6 +17,7 @@ from .backend import (
     use_backend,
 )
 from .ops import Log, Matmul, Op, Relu, Softmax, SoftmaxCrossEntropy
+from .model import MLP, test, train_one_step
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "Op", "Matmul", "Relu", "Softmax", "Log", "SoftmaxCrossEntropy",
     "BACKENDS", "available_backends", "get_backend", "get_ops", "set_backend", "use_backend",
     "set_num_threads", "get_num_threads",
+    "MLP", "train_one_step", "test",
 ]
 
 

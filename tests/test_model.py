@@ -1,0 +1,489 @@
+"""Tests for :mod:`pyops.model`: the notebook's MLP, its training step, the optimizers.
+
+Everything runs on small generated data; nothing needs MNIST or the network.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyops
+from pyops.model import (
+    MLP,
+    SGD,
+    Adam,
+    add_bias_column,
+    compute_accuracy,
+    compute_loss,
+    cosine_lr,
+    train_one_step,
+)
+
+HAVE_CYTHON = "cython" in pyops.available_backends()
+needs_cython = pytest.mark.skipif(
+    not HAVE_CYTHON, reason="the compiled cython backend is not built (run `pip install .`)"
+)
+BACKENDS = ["numpy", pytest.param("cython", marks=needs_cython)]
+DTYPES = [np.float32, np.float64]
+LOSSES = ["notebook", "xent"]
+# Tolerances between backends / against TensorFlow, per dtype.
+TOL = {np.float32: dict(rtol=2e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+TINY = dict(n_in=6, n_hidden=5, n_out=4)
+
+
+def _data(n=12, n_in=6, n_out=4, seed=1, dtype=np.float64, images=False):
+    rng = np.random.default_rng(seed)
+    shape = (n, 2, n_in // 2) if images else (n, n_in)
+    x = rng.random(shape).astype(dtype)
+    labels = np.arange(n) % n_out
+    return x, np.eye(n_out, dtype=dtype)[labels]
+
+
+def _blobs(n=240, n_in=16, n_out=3, seed=0, dtype=np.float64):
+    """Linearly separable clusters with values in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    centers = rng.random((n_out, n_in))
+    labels = rng.integers(0, n_out, n)
+    x = np.clip(centers[labels] + 0.05 * rng.standard_normal((n, n_in)), 0, 1).astype(dtype)
+    return x, np.eye(n_out, dtype=dtype)[labels]
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_shapes_and_dtypes_full_size(backend, loss):
+    model = MLP(backend, np.float32, loss=loss, seed=0)
+    assert model.W1.shape == (785, 100) and model.W2.shape == (100, 10)
+    x, y = _data(n=7, n_in=784, n_out=10, dtype=np.float32)
+    value = model.forward(x.reshape(7, 28, 28), y)
+    assert isinstance(value, float) and np.isfinite(value)
+    assert model.h1.shape == model.h1_relu.shape == (7, 100)
+    assert model.h2.shape == (7, 10)
+    if loss == "notebook":
+        assert model.h2_log.shape == (7, 10)
+    model.backward(y)
+    assert model.W1_grad.shape == (785, 100) and model.W2_grad.shape == (100, 10)
+    assert model.h1_grad is None
+    for a in (model.h1, model.h2, model.W1, model.W1_grad, model.W2_grad):
+        assert a.dtype == np.float32
+    assert model.backend == backend
+
+
+def test_default_backend_is_the_active_one():
+    with pyops.use_backend("numpy"):
+        assert MLP(seed=0, **TINY).backend == "numpy"
+    if HAVE_CYTHON:
+        with pyops.use_backend("cython"):
+            model = MLP(seed=0, **TINY)
+        assert model.backend == "cython"
+        assert type(model.relu).__module__ == "kernels"
+
+
+def test_weights_are_views_of_flat_params():
+    model = MLP(seed=0, **TINY)
+    assert np.shares_memory(model.W1, model.params) and np.shares_memory(model.W2, model.params)
+    assert np.shares_memory(model.W1_grad, model.grads)
+    new = np.full(model.W1.shape, 0.5)
+    model.W1 = new
+    assert np.all(model.params[: new.size] == 0.5) and model.W1 is not new
+    with pytest.raises(ValueError, match="MLP: W2 must have shape"):
+        model.W2 = np.zeros((3, 3))
+
+
+def test_init_normal_and_he():
+    normal = MLP(seed=0)
+    assert abs(normal.W1.std() - 1) < 0.02 and abs(normal.W2.std() - 1) < 0.2
+    he = MLP(seed=0, init="he")
+    assert np.all(he.W1[784] == 0), "He init has a zero bias row"
+    assert abs(he.W1[:784].std() - np.sqrt(2 / 784)) < 0.002
+    assert abs(he.W2.std() - np.sqrt(2 / 110)) < 0.02
+
+
+# ----------------------------------------------------------------- bias column / copies
+
+
+def test_add_bias_column():
+    x = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    a = add_bias_column(x, np.float32, divide_by=255.0)
+    assert a.shape == (2, 7) and a.dtype == np.float32 and a.flags.c_contiguous
+    np.testing.assert_array_equal(a[:, 6], 1)
+    np.testing.assert_array_equal(a[:, :6], (x.reshape(2, 6) / np.float32(255)).astype(np.float32))
+    b = add_bias_column(x, np.float64, divide_by=255.0)
+    np.testing.assert_array_equal(b[:, :6], x.reshape(2, 6) / 255.0)  # the notebook's x / 255.0
+    with pytest.raises(ValueError, match="add_bias_column"):
+        add_bias_column(x, n_features=5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_input_is_used_without_copy(backend):
+    model = MLP(backend, seed=0, **TINY)
+    x, y = _data()
+    X = model.prepare(x)
+    assert X.shape == (12, 7) and np.all(X[:, -1] == 1)
+    assert model.prepare(X) is X, "an augmented array of the right dtype is returned as is"
+    model.forward(X, y)
+    assert model.mul_h1.mem["x"] is X
+    model.backward(y)
+    assert model.mul_h1.mem["x"] is X
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_raw_images_go_into_a_kept_buffer_whose_bias_column_is_written_once(backend):
+    model = MLP(backend, seed=0, **TINY)
+    x1, y = _data(images=True)
+    x2, _ = _data(images=True, seed=2)
+    model.forward(x1, y)
+    buf = model.mul_h1.mem["x"]
+    np.testing.assert_array_equal(buf[:, :6], x1.reshape(12, 6))
+    buf[:, 6] = 2.0  # a sentinel: rebuilding the bias column would reset it to 1
+    model.forward(x2, y)
+    assert model.mul_h1.mem["x"] is buf
+    np.testing.assert_array_equal(buf[:, :6], x2.reshape(12, 6))
+    np.testing.assert_array_equal(buf[:, 6], 2.0)
+
+
+def test_raw_and_prepared_input_give_the_same_result():
+    x, y = _data(images=True)
+    a, b = MLP(seed=3, **TINY), MLP(seed=3, **TINY)
+    assert a.forward(x, y) == b.forward(b.prepare(x), y)
+    a.backward(y)
+    b.backward(y)
+    np.testing.assert_array_equal(a.grads, b.grads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hidden_buffers_are_reused_between_steps(backend):
+    model = MLP(backend, seed=0, **TINY)
+    X, y = model.prepare(_data()[0]), _data()[1]
+    train_one_step(model, X, y, lr=1e-3)
+    kept = [model.h1, model.h1_relu, model.h2, model.h2_soft, model.h2_log, model.h2_grad,
+            model.h2_soft_grad]
+    train_one_step(model, X, y, lr=1e-3)
+    now = [model.h1, model.h1_relu, model.h2, model.h2_soft, model.h2_log, model.h2_grad,
+           model.h2_soft_grad]
+    assert all(a is b for a, b in zip(kept, now))
+    assert model.h1_relu_grad is model.h2_grad, "relu backward runs in place"
+
+
+def test_input_gradient_is_not_computed(monkeypatch):
+    model = MLP("numpy", seed=0, **TINY)
+    assert model.mul_h1.input_grad is False
+    x, y = _data()
+    model.forward(model.prepare(x), y)
+    calls = []
+    real = np.matmul
+
+    def spy(a, b, *args, **kwargs):
+        calls.append((a.shape, b.shape))
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(np, "matmul", spy)
+    model.backward(y)
+    monkeypatch.undo()
+    # layer 2: G W2^T and h1_relu^T G; layer 1: only X^T G (never G W1^T of shape (N, 7)).
+    assert calls == [((12, 4), (4, 5)), ((5, 12), (12, 4)), ((7, 12), (12, 5))]
+    assert model.h1_grad is None
+
+
+def test_returned_values_are_fresh():
+    model = MLP(seed=0, **TINY)
+    x, y = _data()
+    loss, acc = train_one_step(model, x, y)
+    assert type(loss) is float and type(acc) is float
+    p = model.predict(x)
+    assert p.shape == (12,) and not np.shares_memory(p, model.h2_log)
+    loss2, acc2 = pyops.test(model, x, y)
+    assert type(loss2) is float and type(acc2) is float
+
+
+# ------------------------------------------------------------------------- errors
+
+
+def test_errors_name_mlp():
+    with pytest.raises(TypeError, match="MLP: dtype"):
+        MLP(dtype=np.int32)
+    with pytest.raises(ValueError, match="MLP: loss"):
+        MLP(loss="mse")
+    with pytest.raises(ValueError, match="unknown backend"):
+        MLP(backend="torch")
+    model = MLP(seed=0, **TINY)
+    x, y = _data()
+    with pytest.raises(RuntimeError, match="MLP.backward called before forward"):
+        model.backward(y)
+    with pytest.raises(ValueError, match=r"MLP.forward: x must have shape \(N, 6\)"):
+        model.forward(np.zeros((3, 5)))
+    with pytest.raises(TypeError, match="MLP.forward: x must be float.*255"):
+        model.forward(np.zeros((3, 6), np.uint8))
+    with pytest.raises(ValueError, match="last column is not all ones"):
+        model.forward(np.zeros((3, 7)))
+    with pytest.raises(TypeError, match="MLP.forward: the bias-augmented x has dtype float32"):
+        model.forward(add_bias_column(x, np.float32))
+    with pytest.raises(ValueError, match=r"MLP.forward: y must have shape \(12, 4\)"):
+        model.forward(x, y[:5])
+    with pytest.raises(TypeError, match="MLP.forward: y must be one-hot float"):
+        model.forward(x, np.arange(12))
+    model.forward(x)
+    with pytest.raises(ValueError, match="MLP.backward: y must have shape"):
+        model.backward(np.zeros((12, 3)))
+
+
+# --------------------------------------------------------------- gradients and backends
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_numpy_and_cython_backends_agree(dtype, loss):
+    x, y = _data(n=64, n_in=784, n_out=10, dtype=dtype)
+    models = {b: MLP(b, dtype, loss=loss, init="he", seed=5) for b in ("numpy", "cython")}
+    out = {}
+    for b, model in models.items():
+        X = model.prepare(x)
+        first = pyops.test(model, X, y)
+        model.backward(y)
+        grads = model.grads.copy()
+        steps = [train_one_step(model, X, y, lr=1e-3) for _ in range(3)]
+        out[b] = first, grads, steps, model.params.copy()
+    (f_np, g_np, s_np, p_np), (f_cy, g_cy, s_cy, p_cy) = out["numpy"], out["cython"]
+    tol = TOL[dtype]
+    np.testing.assert_allclose(f_cy[0], f_np[0], **tol)
+    assert f_cy[1] == f_np[1]
+    np.testing.assert_allclose(g_cy, g_np, rtol=tol["rtol"], atol=tol["atol"] * 100)
+    np.testing.assert_allclose([s[0] for s in s_cy], [s[0] for s in s_np], **tol)
+    assert [s[1] for s in s_cy] == [s[1] for s in s_np]
+    np.testing.assert_allclose(p_cy, p_np, **tol)
+
+
+def _loss_of(model, X, y, params):
+    saved = model.params.copy()
+    model.params[...] = params
+    value = model.forward(X, y)
+    model.params[...] = saved
+    return value
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_gradient_matches_finite_differences(backend, loss):
+    model = MLP(backend, np.float64, loss=loss, init="he", seed=2, **TINY)
+    x, y = _data()
+    X = model.prepare(x)
+    model.forward(X, y)
+    model.backward(y)
+    analytic = model.grads.copy()
+    # "notebook" mode differentiates the summed loss (-y at the log-probabilities).
+    scale = X.shape[0] if loss == "notebook" else 1.0
+    p0 = model.params.copy()
+    numeric = np.empty_like(p0)
+    h = 1e-6
+    for i in range(p0.size):
+        e = np.zeros_like(p0)
+        e[i] = h
+        numeric[i] = (_loss_of(model, X, y, p0 + e) - _loss_of(model, X, y, p0 - e)) / (2 * h)
+    np.testing.assert_allclose(analytic, scale * numeric, rtol=1e-5, atol=1e-7)
+    assert np.abs(analytic).max() > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_gradients_match_tensorflow(backend, loss):
+    tf = pytest.importorskip("tensorflow")
+    model = MLP(backend, np.float64, loss=loss, seed=4, **TINY)  # N(0, 1) weights, as the notebook
+    x, y = _data(n=9)
+    X = model.prepare(x)
+    model.forward(X, y)
+    model.backward(y)
+    W1, W2 = tf.Variable(model.W1.copy()), tf.Variable(model.W2.copy())
+    with tf.GradientTape() as tape:
+        logits = tf.matmul(tf.nn.relu(tf.matmul(tf.constant(X), W1)), W2)
+        if loss == "notebook":  # the notebook's graph: sum of -label * log(softmax + eps)
+            target = -tf.reduce_sum(y * tf.math.log(tf.nn.softmax(logits) + 1e-12))
+        else:
+            target = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(y, logits))
+    g1, g2 = tape.gradient(target, [W1, W2])
+    np.testing.assert_allclose(model.W1_grad, g1.numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.W2_grad, g2.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def _notebook_reference_step(W1, W2, x, label, lr):
+    """The notebook's myModel + train_one_step, written out in plain numpy."""
+    x = x.reshape(-1, W1.shape[0] - 1)
+    x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
+    h1 = x @ W1
+    h1_relu = np.where(h1 > 0, h1, 0)
+    h2 = h1_relu @ W2
+    e = np.exp(h2 - h2.max(axis=1, keepdims=True))
+    s = e / e.sum(axis=1, keepdims=True)
+    log_prob = np.log(s + 1e-12)
+    g = -label / (s + 1e-12)
+    g = s * (g - np.sum(g * s, axis=1, keepdims=True))
+    W2_grad = h1_relu.T @ g
+    g = (g @ W2.T) * (h1 > 0)
+    W1_grad = x.T @ g
+    loss = np.mean(np.sum(-log_prob * label, axis=1))
+    acc = np.mean(np.argmax(log_prob, axis=1) == np.argmax(label, axis=1))
+    return W1 - lr * W1_grad, W2 - lr * W2_grad, loss, acc
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_one_step_reproduces_the_notebook(backend):
+    model = MLP(backend, seed=8, n_in=16, n_hidden=10, n_out=3)
+    x, y = _blobs(n=50)
+    W1, W2 = model.W1.copy(), model.W2.copy()
+    for _ in range(3):
+        W1, W2, ref_loss, ref_acc = _notebook_reference_step(W1, W2, x, y, 1e-3)
+        loss, acc = train_one_step(model, x, y, lr=1e-3)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        assert acc == ref_acc
+        np.testing.assert_allclose(model.W1, W1, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(model.W2, W2, rtol=1e-10, atol=1e-12)
+
+
+def test_xent_loss_equals_notebook_loss_away_from_underflow():
+    x, y = _data()
+    a = MLP(seed=1, init="he", **TINY)
+    b = MLP(seed=1, init="he", loss="xent", **TINY)
+    np.testing.assert_allclose(a.forward(x, y), b.forward(x, y), rtol=1e-9)
+    assert a.accuracy(y) == b.accuracy(y)
+    a.backward(y)
+    b.backward(y)
+    np.testing.assert_allclose(a.grads, 12 * b.grads, rtol=1e-7, atol=1e-12)
+
+
+def test_xent_backward_without_labels_in_forward():
+    x, y = _data()
+    a = MLP(seed=1, loss="xent", **TINY)
+    b = MLP(seed=1, loss="xent", **TINY)
+    a.forward(x, y)
+    a.backward(y)
+    b.forward(x)
+    b.backward(y.copy())
+    np.testing.assert_array_equal(a.grads, b.grads)
+
+
+def test_compute_loss_and_accuracy():
+    log_prob = np.log(np.array([[0.7, 0.3], [0.4, 0.6]]))
+    labels = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert compute_loss(log_prob, labels) == pytest.approx(-(np.log(0.7) + np.log(0.4)) / 2)
+    assert compute_accuracy(log_prob, labels) == 0.5
+
+
+# ------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_adam_training_on_separable_data_reaches_high_accuracy(backend, dtype):
+    x, y = _blobs(dtype=dtype)
+    model = MLP(backend, dtype, loss="xent", init="he", seed=0, n_in=16, n_hidden=10, n_out=3)
+    X = model.prepare(x)
+    first, acc0 = pyops.test(model, X, y)
+    opt = Adam(model.params, lr=1e-2)
+    for _ in range(150):
+        model.forward(X, y)
+        model.backward(y)
+        opt.step(model.grads)
+    last, acc = pyops.test(model, X, y)
+    assert last < 0.2 * first
+    assert acc >= 0.98 > acc0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_notebook_gradient_descent_reduces_the_loss(backend):
+    x, y = _blobs()
+    model = MLP(backend, seed=0, n_in=16, n_hidden=20, n_out=3)
+    X = model.prepare(x)
+    losses = [train_one_step(model, X, y, lr=1e-3)[0] for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0]
+    assert pyops.test(model, X, y)[1] > 0.9
+
+
+def test_same_seed_gives_an_identical_run():
+    x, y = _blobs()
+
+    def run(seed):
+        model = MLP(seed=seed, loss="xent", init="he", n_in=16, n_hidden=10, n_out=3)
+        opt = Adam(model.params, lr=1e-2)
+        losses = []
+        for _ in range(5):
+            losses.append(model.forward(x, y))
+            model.backward(y)
+            opt.step(model.grads)
+        return losses, model.params.copy()
+
+    a, b, c = run(7), run(7), run(8)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[1], c[1])
+    rng = np.random.default_rng(7)
+    assert np.array_equal(MLP(rng=rng, **TINY).params, MLP(seed=7, **TINY).params)
+    with pytest.raises(ValueError, match="seed or rng"):
+        MLP(seed=1, rng=rng)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = MLP(dtype=np.float32, loss="xent", init="he", seed=3, **TINY)
+    path = tmp_path / "m.npz"
+    model.save(path, note="hi")
+    back = MLP.load(path)
+    assert back.dtype == np.float32 and back.loss_mode == "xent" and back.n_in == 6
+    np.testing.assert_array_equal(back.params, model.params)
+    assert back.metadata == {"note": "hi"}
+    x, y = _data(dtype=np.float32)
+    assert pyops.test(back, x, y) == pyops.test(model, x, y)
+
+
+# ----------------------------------------------------------------------- optimizers
+
+
+def test_adam_converges_on_a_quadratic():
+    c = np.array([1.0, -2.0, 3.0])
+    a = np.array([1.0, 10.0, 100.0])  # badly conditioned
+    p = np.zeros(3)
+    opt = Adam(p, lr=0.05)
+    for _ in range(2000):
+        opt.step(2 * a * (p - c))
+    np.testing.assert_allclose(p, c, atol=1e-3)
+    assert opt.t == 2000
+
+
+def test_adam_first_step_is_lr_times_sign():
+    p = np.array([1.0, -1.0], np.float32)
+    Adam(p, lr=0.1).step(np.array([3.0, -0.01], np.float32))
+    np.testing.assert_allclose(p, [0.9, -0.9], rtol=1e-5)
+    assert p.dtype == np.float32
+
+
+def test_adam_weight_decay_shrinks_without_gradient():
+    p = np.ones(4)
+    opt = Adam(p, lr=0.1, weight_decay=0.5)
+    opt.step(np.zeros(4))
+    np.testing.assert_allclose(p, 0.95)
+
+
+def test_sgd_is_the_notebook_update_and_momentum_converges():
+    p = np.array([1.0, 2.0])
+    g = np.array([0.5, -0.5])
+    SGD(p, lr=0.1).step(g)
+    np.testing.assert_array_equal(p, np.array([1.0, 2.0]) - 0.1 * g)
+    q = np.array([5.0])
+    opt = SGD([q], lr=0.05, momentum=0.9)
+    for _ in range(300):
+        opt.step([2 * (q - 1)], lr=0.05)
+    np.testing.assert_allclose(q, 1.0, atol=1e-4)
+    with pytest.raises(ValueError, match="SGD: momentum"):
+        SGD(q, momentum=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([np.zeros(2)])
+
+
+def test_cosine_schedule():
+    assert cosine_lr(1.0, 0, 100) == 1.0
+    assert cosine_lr(1.0, 50, 100) == pytest.approx(0.5)
+    assert cosine_lr(1.0, 100, 100) == pytest.approx(0.0)
+    assert cosine_lr(1.0, 0, 100, warmup_steps=10) == pytest.approx(0.1)
+    assert cosine_lr(1.0, 10, 100, warmup_steps=10) == pytest.approx(1.0)
+    lrs = [cosine_lr(2.0, s, 40) for s in range(41)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
