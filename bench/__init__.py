@@ -1,0 +1,47 @@
+"""Benchmarks of opkernels: pytest-benchmark suites and the scripts behind the README numbers.
+
+- ``bench/test_ops.py``: each op, forward and backward, on full-batch MNIST shapes, against
+  plain numpy, TensorFlow, PyTorch and a copy of the same bytes (the memory-bandwidth limit).
+- ``bench/test_training_step.py``: one full-batch training step of ``pyops.MLP`` per backend,
+  beside TensorFlow and PyTorch steps of the same network and the two large GEMMs alone.
+- ``bench/time_to_accuracy.py``, ``bench/memory.py``: scripts (minutes), each writing JSON.
+- ``bench/report.py``: ``python -m bench.report`` runs the suite and renders the README tables.
+
+The scripts import the *installed* ``pyops``/``kernels`` (the compiled build), never the
+source tree: :func:`use_installed_packages` drops the repository root from ``sys.path``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+#: Variables that may be set on the machine for the tests; benchmarks run without them.
+UNSET_FOR_BENCHMARKS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def benchmark_env(extra: dict = None) -> dict:
+    """The environment for a benchmark subprocess: this one without :data:`UNSET_FOR_BENCHMARKS`."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_FOR_BENCHMARKS}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.update(extra or {})
+    return env
+
+
+def use_installed_packages() -> None:
+    """Remove the repository root from ``sys.path`` so ``import pyops`` finds the installed build.
+
+    ``python -m bench.x`` run from the repository root puts the root first on ``sys.path``,
+    where ``pyops`` is the source tree and ``kernels`` has no compiled module.
+    """
+    root = os.path.realpath(REPO_ROOT)
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != root]
+    for name in ("pyops", "kernels"):
+        mod = sys.modules.get(name)
+        if mod is not None and os.path.realpath(getattr(mod, "__file__", "") or "").startswith(root + os.sep):
+            raise ImportError(f"{name} was imported from the source tree ({mod.__file__}) before "
+                              "use_installed_packages(); import it afterwards")

@@ -1,0 +1,496 @@
+"""Run the benchmark suite and render its results into README.md.
+
+Usage, from the repository root::
+
+    python -m bench.report                    # run bench/ (~10 min), render, rewrite README
+    python -m bench.report --json bench/results/latest.json   # render an existing run only
+    python -m bench.report --with-training    # also run bench/memory.py, bench/time_to_accuracy.py
+
+The suite runs in one pytest session (every implementation of a table timed in the same
+process run), in a subprocess whose environment has ``OPENBLAS_CORETYPE`` and
+``OPENBLAS_L2_SIZE`` removed, and writes ``bench/results/latest.json``.  Rendering reads only
+JSON files: ``latest.json`` (with the machine, versions, BLAS and kernel build recorded by
+``bench/conftest.py``), and ``memory.json`` / ``time_to_accuracy.json`` if they exist.
+Outputs: the section between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in
+README.md, ``bench/results/report.md`` (the same plus the target check) and
+``bench/results/speedups.png``.  Times are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import RESULTS_DIR, REPO_ROOT, UNSET_FOR_BENCHMARKS, benchmark_env
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+README = REPO_ROOT / "README.md"
+DEFAULT_JSON = RESULTS_DIR / "latest.json"
+PNG = RESULTS_DIR / "speedups.png"
+
+#: pytest-benchmark settings of the report's run (kept in the JSON's header too).
+PYTEST_BENCHMARK_OPTIONS = [
+    "--benchmark-min-rounds=5",
+    "--benchmark-max-time=0.5",
+    "--benchmark-warmup=on",
+    "--benchmark-warmup-iterations=1",
+    "--benchmark-sort=name",
+    "--benchmark-columns=min,median,iqr,rounds",
+]
+# Runs pytest with sys.path[0] (the repository root, under `-c`) removed, so the suite imports
+# the installed pyops and kernels rather than the source tree.
+_PYTEST_RUNNER = "import sys; del sys.path[0]; import pytest; raise SystemExit(pytest.main(sys.argv[1:]))"
+
+OPS = ("relu", "softmax", "log", "xent", "matmul")
+DIRECTIONS = ("forward", "backward")
+OP_LABEL = {"relu": "relu", "softmax": "softmax", "log": "log", "xent": "softmax-xent", "matmul": "matmul"}
+#: ops bound by memory traffic: they are "within 5%" of a peer for the target check
+MEMORY_BOUND = {("relu", "forward"), ("relu", "backward"), ("softmax", "backward"),
+                ("log", "backward"), ("xent", "backward")}
+
+
+# --------------------------------------------------------------------------- running
+def run_suite(json_path: Path, extra: List[str]) -> int:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-c", _PYTEST_RUNNER, "bench", "--benchmark-only",
+           f"--benchmark-json={json_path}", *PYTEST_BENCHMARK_OPTIONS,
+           "-p", "no:randomly", "-q", *extra]
+    print("+ env", " ".join(f"-u {v}" for v in UNSET_FOR_BENCHMARKS), " ".join(cmd[:2]), "...",
+          " ".join(cmd[3:]), flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=REPO_ROOT, env=benchmark_env())
+    print(f"suite finished in {time.time() - t0:.0f} s with exit code {rc}", flush=True)
+    return rc
+
+
+def run_script(module: str, args: List[str]) -> int:
+    cmd = [sys.executable, "-m", module, *args]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=REPO_ROOT, env=benchmark_env())
+
+
+# --------------------------------------------------------------------------- loading
+class Results:
+    """Medians (ms) of one pytest-benchmark JSON, by group and implementation."""
+
+    def __init__(self, doc: Dict[str, Any]) -> None:
+        self.doc = doc
+        self.machine = doc.get("machine_info", {})
+        self.env = self.machine.get("opkernels", {})
+        self.median: Dict[str, Dict[str, float]] = {}
+        self.info: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        for b in doc.get("benchmarks", []):
+            extra = b.get("extra_info", {})
+            impl = extra.get("impl") or b.get("param") or b["name"]
+            group = b.get("group") or ""
+            self.median.setdefault(group, {})[impl] = 1e3 * b["stats"]["median"]
+            self.info[(group, impl)] = extra
+        self.cores = int(self.env.get("cores") or 1)
+
+    def get(self, group: str, impl: str) -> Optional[float]:
+        return self.median.get(group, {}).get(impl)
+
+    def best(self, group: str, impls: List[str]) -> Tuple[Optional[float], Optional[str]]:
+        found = [(self.get(group, i), i) for i in impls if self.get(group, i) is not None]
+        return min(found) if found else (None, None)
+
+    def threads(self, prefix: str) -> List[str]:
+        counts = sorted({1, self.cores})
+        return [f"{prefix}-{t}t" for t in counts]
+
+    def family(self, group: str, prefix: str) -> List[str]:
+        return [i for i in self.median.get(group, {}) if i.startswith(prefix)]
+
+    @property
+    def cython(self) -> str:
+        """The cython configuration the speedups are about: all cores (the default)."""
+        return f"cython-{self.cores}t"
+
+
+# --------------------------------------------------------------------------- formatting
+def ms(t: Optional[float]) -> str:
+    if t is None:
+        return "-"
+    if t >= 100:
+        return f"{t:.0f}"
+    if t >= 10:
+        return f"{t:.1f}"
+    if t >= 1:
+        return f"{t:.2f}"
+    return f"{t:.3f}"
+
+
+def ratio(num: Optional[float], den: Optional[float], suffix: str = "x") -> str:
+    if num is None or den is None or den == 0:
+        return "-"
+    r = num / den
+    return f"{r:.2f}{suffix}" if r < 10 else f"{r:.1f}{suffix}"
+
+
+def table(header: List[str], rows: List[List[str]], align: Optional[List[str]] = None) -> str:
+    align = align or ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _tag(impl: Optional[str], family: str) -> str:
+    """``torch-2t`` -> `` (2t)``, ``tensorflow-xla`` -> `` (xla)`` for the "best of" cells."""
+    if not impl:
+        return ""
+    rest = impl[len(family):].lstrip("-")
+    return f" ({rest})" if rest else ""
+
+
+# --------------------------------------------------------------------------- op tables
+def op_rows(res: Results, dtype: str) -> Tuple[List[List[str]], List[Dict[str, Any]]]:
+    rows, records = [], []
+    cy = res.cython
+    for op in OPS:
+        for direction in DIRECTIONS:
+            group = f"{op}-{direction}-{dtype}"
+            if group not in res.median:
+                continue
+            g = lambda impl: res.get(group, impl)  # noqa: E731
+            t_cy = g(cy)
+            tf_t, tf_i = res.best(group, ["tensorflow", "tensorflow-xla"])
+            th_t, th_i = res.best(group, res.threads("torch"))
+            copy_t, copy_i = res.best(group, res.family(group, "copy-limit"))
+            peer_t = min([t for t in (tf_t, th_t) if t is not None], default=None)
+            cython_cells = [ms(g(i)) for i in res.threads("cython")]
+            rows.append([
+                f"{OP_LABEL[op]} {direction}",
+                ms(g("notebook-numpy")), ms(g("numpy")), ms(g("best-numpy")), *cython_cells,
+                ms(tf_t) + _tag(tf_i, "tensorflow"), ms(th_t) + _tag(th_i, "torch"),
+                ms(copy_t) + _tag(copy_i, "copy-limit"),
+                ratio(g("numpy"), t_cy), ratio(g("best-numpy"), t_cy), ratio(peer_t, t_cy),
+                ratio(copy_t, t_cy, ""),
+            ])
+            records.append(dict(op=op, direction=direction, dtype=dtype, cython=t_cy,
+                                numpy=g("numpy"), best_numpy=g("best-numpy"),
+                                notebook=g("notebook-numpy"), tensorflow=tf_t, torch=th_t,
+                                peer=peer_t, copy=copy_t))
+    return rows, records
+
+
+def op_tables(res: Results) -> Tuple[str, List[Dict[str, Any]]]:
+    out, records = [], []
+    cy_cols = [f"cython {i.split('-')[-1]}" for i in res.threads("cython")]
+    header = ["op", "notebook numpy", "numpy", "best numpy", *cy_cols, "tensorflow", "torch",
+              "copy limit", "cython vs numpy", "vs best numpy", "vs fastest peer", "limit fraction"]
+    for dtype in ("float64", "float32"):
+        rows, recs = op_rows(res, dtype)
+        if not rows:
+            continue
+        records += recs
+        out.append(f"**{dtype}**, median ms (speedups and limit fraction of `{res.cython}`):\n")
+        out.append(table(header, rows))
+        out.append("")
+    return "\n".join(out), records
+
+
+# --------------------------------------------------------------------------- training step
+TRAIN_ORDER = ["notebook-numpy", "numpy", "cython", "tensorflow", "tensorflow-xla", "torch", "gemm-floor"]
+
+
+def train_table(res: Results) -> Tuple[str, Dict[str, Any]]:
+    groups = {dt: f"train-step-{dt}" for dt in ("float64", "float32") if f"train-step-{dt}" in res.median}
+    if not groups:
+        return "", {}
+    impls: List[str] = []
+    for family in TRAIN_ORDER:
+        expanded = res.threads(family) if family in ("cython", "torch") else [family]
+        impls += [i for i in expanded if any(res.get(g, i) is not None for g in groups.values())]
+    nb = res.get(groups.get("float64", ""), "notebook-numpy")
+    header = ["implementation"]
+    for dt in groups:
+        header += [f"{dt} ms", f"{dt} / GEMM floor"]
+    header.append("speedup vs notebook (float64)")
+    rows = []
+    for impl in impls:
+        row = [f"`{impl}`"]
+        for g in groups.values():
+            t, floor = res.get(g, impl), res.get(g, "gemm-floor")
+            row += [ms(t), ratio(t, floor)]
+        row.append(ratio(nb, res.get(groups.get("float64", ""), impl)))
+        rows.append(row)
+    summary = {dt: {i: res.get(g, i) for i in impls} for dt, g in groups.items()}
+    return table(header, rows), summary
+
+
+# --------------------------------------------------------------------------- optional tables
+def memory_table(path: Path) -> str:
+    if not path.exists():
+        return ""
+    doc = json.loads(path.read_text())
+    rows = [[f"`{r['impl']}`", r["dtype"], f"{r['peak_rss_mb']:.0f}", f"{r['setup_rss_mb']:.0f}",
+             f"{r['peak_rss_mb'] - r['setup_rss_mb']:.0f}", str(r["steps"])]
+            for r in doc["results"] if "peak_rss_mb" in r]
+    text = table(["implementation", "dtype", "peak RSS MB", "RSS before training MB",
+                  "added by training MB", "full-batch steps"], rows,
+                 ["---", "---", "---:", "---:", "---:", "---:"])
+    return (f"Peak resident memory of a full-batch training run, each in its own process "
+            f"(`bench/memory.py`, {doc.get('date', '?')}; data: {doc.get('data', 'synthetic')}):\n\n"
+            + text)
+
+
+def accuracy_table(path: Path) -> str:
+    if not path.exists():
+        return ""
+    doc = json.loads(path.read_text())
+    rows = []
+    for r in doc["results"]:
+        reached = r.get("seconds") is not None
+        rows.append([f"`{r['impl']}`", r["dtype"], f"{r['seconds']:.1f}" if reached else "not reached",
+                     str(r.get("epochs_run", "-")), str(r.get("steps", "-")),
+                     f"{100 * r['best_accuracy']:.2f}", f"{r.get('ms_per_step', float('nan')):.2f}"])
+    text = table(["implementation", "dtype", f"seconds to {100 * doc['target']:.0f}%", "epochs",
+                  "steps", "best test accuracy %", "ms per step"], rows,
+                 ["---", "---", "---:", "---:", "---:", "---:", "---:"])
+    return (f"Time to {100 * doc['target']:.0f}% test accuracy on MNIST (`bench/time_to_accuracy.py`, "
+            f"{doc.get('date', '?')}), the `pyops train` default recipe in each framework: "
+            f"{doc.get('recipe', '')}. Wall time from the start of training to the end of the "
+            f"first epoch whose test accuracy reaches the target (the test set is evaluated after "
+            f"every epoch, included, as `pyops train` counts it).\n\n" + text)
+
+
+# --------------------------------------------------------------------------- environment
+def environment(res: Results) -> str:
+    e = res.env
+    v = e.get("versions", {})
+    k = e.get("kernels", {})
+    blas = e.get("blas", {})
+    envvars = e.get("env", {})
+    tf_version = v.get("tensorflow") or v.get("tensorflow-cpu")
+    unset = ", ".join(f"`{n}` {'unset' if not envvars.get(n) else '= ' + repr(envvars[n])}"
+                      for n in UNSET_FOR_BENCHMARKS)
+    blas_core = blas.get("openblas_core")
+    load_start = e.get("load_average_start")
+    load_end = e.get("load_average")
+    fmt_load = lambda l: "/".join(f"{x:.1f}" for x in l) if l else "?"  # noqa: E731
+    opts = " ".join(res.doc.get("opkernels_options", [])) or "see bench/report.py"
+    lines = [
+        f"- Date: {e.get('date', res.doc.get('datetime', '?'))}; machine: {e.get('cpu_model', '?')}, "
+        f"{e.get('cores', '?')} cores; load average (1/5/15 min) {fmt_load(load_start)} at the start, "
+        f"{fmt_load(load_end)} at the end.",
+        f"- Python {e.get('python', '?')}, numpy {v.get('numpy')}, Cython {v.get('Cython')}, "
+        f"TensorFlow {tf_version or 'not installed'}, PyTorch {v.get('torch') or 'not installed'}, "
+        f"pytest-benchmark {v.get('pytest-benchmark')}.",
+        f"- Kernels: CPU variant `{k.get('variant', '?')}` (built: {', '.join(k.get('built_variants', []))}), "
+        f"OpenMP {'on' if k.get('openmp') else 'off'}, vector exp/log (libmvec) "
+        f"{'on' if k.get('libmvec') else 'off'}, {k.get('threads', '?')} threads by default.",
+        f"- numpy's BLAS: {blas.get('name', '?')} {blas.get('version', '')}"
+        + (f", core `{blas_core}`, {blas.get('openblas_threads')} threads" if blas_core else "")
+        + f"; {unset}.",
+        f"- Medians of pytest-benchmark rounds, one pytest session; options `{opts}`.",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- target check
+def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results) -> List[Tuple[str, str, bool]]:
+    out: List[Tuple[str, str, bool]] = []
+    by = {(r["op"], r["direction"], r["dtype"]): r for r in records}
+
+    def add(name: str, ok: Optional[bool], detail: str) -> None:
+        if ok is not None:
+            out.append((name, detail, ok))
+
+    for dtype in ("float64", "float32"):
+        def r(op: str, d: str) -> Dict[str, Any]:
+            return by.get((op, d, dtype), {})
+
+        for op, d, limit in (("relu", "forward", 1.2), ("relu", "backward", 1.2), ("log", "backward", 1.3)):
+            x = r(op, d)
+            if x.get("cython") and x.get("copy"):
+                q = x["cython"] / x["copy"]
+                add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit, f"{q:.2f}x copy")
+        x = r("softmax", "forward")
+        if x.get("cython") and x.get("notebook"):
+            q = x["notebook"] / x["cython"]
+            extra = ""
+            if dtype == "float64":  # the notebook's time in KERNEL_NOTES.md: 1.61 ms
+                extra = f"; {x['cython']:.3f} ms vs 1.61 ms = {1.61 / x['cython']:.1f}x"
+            add(f"softmax forward {dtype} >= 4x faster than notebook numpy", q >= 4, f"{q:.1f}x{extra}")
+        x = r("softmax", "backward")
+        if x.get("cython") and x.get("torch"):
+            q = x["torch"] / x["cython"]
+            add(f"softmax backward {dtype} >= 5x faster than torch", q >= 5, f"{q:.1f}x")
+        x = r("log", "forward")
+        np_log = min([t for t in (x.get("best_numpy"), x.get("notebook")) if t], default=None)
+        if x.get("cython") and np_log:
+            add(f"log forward {dtype} faster than np.log", x["cython"] < np_log,
+                f"{np_log / x['cython']:.2f}x")
+        for op in OPS:
+            if op == "matmul":
+                continue
+            for d in DIRECTIONS:
+                x = r(op, d)
+                if not x.get("cython"):
+                    continue
+                slack = 1.05 if (op, d) in MEMORY_BOUND else 1.0
+                for peer in ("best_numpy", "tensorflow", "torch"):
+                    if x.get(peer):
+                        q = x[peer] / x["cython"]
+                        add(f"{op} {d} {dtype} faster than {peer.replace('_', '-')}"
+                            + (" (5% slack)" if slack > 1 else ""), x["cython"] <= slack * x[peer],
+                            f"{q:.2f}x")
+    for dtype, t in train.items():
+        cy, tf_t, floor = t.get(res.cython), t.get("tensorflow"), t.get("gemm-floor")
+        if cy and tf_t:
+            add(f"train step {dtype} no slower than TF tf.function", cy <= tf_t, f"{tf_t / cy:.2f}x")
+        if cy and floor:
+            add(f"train step {dtype} at most 1.15x its two GEMMs", cy <= 1.15 * floor, f"{cy / floor:.2f}x floor")
+    return out
+
+
+# --------------------------------------------------------------------------- chart
+def chart(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    import numpy as np
+
+    dtypes = [dt for dt in ("float64", "float32") if any(r["dtype"] == dt for r in records)]
+    series = [("numpy", "vs numpy backend", "#9e9e9e"), ("best_numpy", "vs best numpy", "#4c72b0"),
+              ("peer", "vs fastest of TensorFlow/PyTorch", "#dd8452")]
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 6.5), sharey=True, squeeze=False)
+    for ax, dtype in zip(axes[0], dtypes):
+        recs = [r for r in records if r["dtype"] == dtype and r["cython"]]
+        labels = [f"{OP_LABEL[r['op']]} {'fwd' if r['direction'] == 'forward' else 'bwd'}" for r in recs]
+        values = {key: [(r[key] / r["cython"]) if r.get(key) else np.nan for r in recs] for key, _, _ in series}
+        t = train.get(dtype, {})
+        if t.get(res.cython):
+            labels.append("train step")
+            values["numpy"].append(t["numpy"] / t[res.cython] if t.get("numpy") else np.nan)
+            values["best_numpy"].append(np.nan)
+            peers = [x for x in (t.get("tensorflow"), t.get("tensorflow-xla"),
+                                 *(t.get(i) for i in res.threads("torch"))) if x]
+            values["peer"].append(min(peers) / t[res.cython] if peers else np.nan)
+        y = np.arange(len(labels))
+        h = 0.8 / len(series)
+        for i, (key, label, color) in enumerate(series):  # top to bottom in legend order
+            ax.barh(y + (1 - i) * h, values[key], height=h, label=label, color=color)
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        finite = [v for vs in values.values() for v in vs if np.isfinite(v) and v > 0]
+        lo, hi = min(finite + [1.0]) / 1.3, max(finite + [1.0]) * 1.3
+        ticks = [t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lo <= t <= hi]
+        ax.set_xlim(lo, hi)
+        ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_title(f"{dtype}: speedup of {res.cython} (>1 = cython faster)")
+        ax.grid(axis="x", which="both", alpha=0.3)
+    axes[0][0].legend(loc="lower right", fontsize="small")
+    fig.suptitle(f"opkernels, {res.env.get('cpu_model', '')}, {res.cores} cores, "
+                 f"variant {res.env.get('kernels', {}).get('variant', '?')}", fontsize="medium")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- README
+def render(res: Results, results_dir: Path) -> Tuple[str, str]:
+    ops_md, records = op_tables(res)
+    train_md, train = train_table(res)
+    parts = [
+        "<!-- Generated by `python -m bench.report`; edits between the markers are overwritten. -->",
+        "",
+        "### Ops, full-batch MNIST shapes",
+        "",
+        "relu on (60000, 100); softmax, log and the fused softmax-cross-entropy on (60000, 10); "
+        "matmul (60000, 785) @ (785, 100), backward = both gradients. *notebook numpy*: the "
+        "original notebook's code; *best numpy*: the fastest numpy form we found; tensorflow and "
+        "torch: the faster of their variants (graph/XLA, 1 thread/all cores, marked); *copy "
+        "limit*: `np.copyto` of the bytes the op reads and writes (the faster of 1 thread/all "
+        "cores, or torch's threaded copy). Speedups are `time(other) / time(cython)`; *limit fraction* is `time(copy) / "
+        "time(cython)`.",
+        "",
+        ops_md,
+    ]
+    if train_md:
+        parts += [
+            "### Training step",
+            "",
+            "One full-batch step (forward, loss and accuracy, backward for W1 and W2, SGD update) of "
+            "the 785-100-10 network on synthetic MNIST-shaped data; *GEMM floor*: `X @ W1` and "
+            "`X.T @ G` alone with numpy's BLAS.",
+            "",
+            train_md,
+            "",
+        ]
+    acc = accuracy_table(results_dir / "time_to_accuracy.json")
+    if acc:
+        parts += ["### Time to accuracy", "", acc, ""]
+    mem = memory_table(results_dir / "memory.json")
+    if mem:
+        parts += ["### Memory", "", mem, ""]
+    parts += ["### Where these numbers come from", "", environment(res), "",
+              f"![speedups](bench/results/{PNG.name})", ""]
+    section = "\n".join(parts)
+    checks = targets(records, train, res)
+    target_md = table(["target", "measured", "met"],
+                      [[n, d, "yes" if ok else "**no**"] for n, d, ok in checks], ["---", "---:", "---"])
+    return section, target_md
+
+
+def write_readme(section: str, readme: Path = README) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme} has no {START} ... {END} markers; add them where the tables go")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(head + START + "\n" + section.rstrip() + "\n" + END + tail)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, help="render this pytest-benchmark JSON instead of running the suite")
+    p.add_argument("--with-training", action="store_true",
+                   help="also run bench/memory.py and bench/time_to_accuracy.py (minutes)")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
+    p.add_argument("-k", dest="keyword", help="pytest -k expression (a partial run, for trying things)")
+    args = p.parse_args(argv)
+
+    json_path = args.json or DEFAULT_JSON
+    if args.json is None:
+        extra = ["-k", args.keyword] if args.keyword else []
+        rc = run_suite(json_path, extra)
+        if rc != 0:
+            print(f"the benchmark run failed (exit code {rc}); README left unchanged", file=sys.stderr)
+            return rc
+        doc = json.loads(json_path.read_text())
+        doc["opkernels_options"] = PYTEST_BENCHMARK_OPTIONS
+        json_path.write_text(json.dumps(doc, indent=2))
+    if args.with_training:
+        for module, out in (("bench.memory", "memory.json"), ("bench.time_to_accuracy", "time_to_accuracy.json")):
+            if run_script(module, ["--out", str(RESULTS_DIR / out)]) != 0:
+                print(f"{module} failed; its table is left out or stale", file=sys.stderr)
+
+    res = Results(json.loads(json_path.read_text()))
+    section, target_md = render(res, RESULTS_DIR)
+    ops_md, records = op_tables(res)
+    _, train = train_table(res)
+    chart(records, train, res, PNG)
+    (RESULTS_DIR / "report.md").write_text(section + "\n### Targets\n\n" + target_md + "\n")
+    if not args.no_readme:
+        write_readme(section)
+    print(section)
+    print("\n### Targets (cython at all cores)\n")
+    print(target_md)
+    print(f"\nwrote {PNG.relative_to(REPO_ROOT)}, {(RESULTS_DIR / 'report.md').relative_to(REPO_ROOT)}"
+          + ("" if args.no_readme else ", README.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,625 @@
+"""Each op, forward and backward, on full-batch MNIST shapes, against its peers.
+
+Shapes: relu on (60000, 100); softmax, log and the fused softmax-cross-entropy (``xent``) on
+(60000, 10); matmul ``(60000, 785) @ (785, 100)`` and its two gradients. float64 and float32.
+One pytest-benchmark group per op, direction and dtype (``relu-forward-float64``), with one
+benchmark per implementation:
+
+``numpy``, ``cython-1t``, ``cython-<cores>t``
+    This package's backends (``pyops.get_ops``), ``out=`` buffers preallocated; backward is
+    timed alone (forward ran once in setup).  ``-Nt``: ``kernels.set_num_threads(N)``.
+``notebook-numpy``
+    The original notebook's code (``np.where`` relu, ``exp / sum`` softmax without the max,
+    the batched ``N x c x c`` Jacobian for its backward). No fused cross-entropy there.
+``best-numpy``
+    The fastest plain-numpy form of the same math we found, with ``out=`` everywhere, so the
+    reference is not a straw man (see :func:`best_numpy`).
+``tensorflow``, ``tensorflow-xla``
+    The TensorFlow op (``tf.nn.relu``, ``tf.nn.softmax``, ...; eager when it is one op, else a
+    ``tf.function``), the gradient as TensorFlow's registered gradient computes it (the raw
+    ``ReluGrad`` op, ``_SoftmaxGrad``'s formula, ...); ``-xla``: the same under
+    ``tf.function(jit_compile=True)``, which fuses elementwise ops. Tensors made in setup.
+``torch-1t``, ``torch-<cores>t``
+    PyTorch CPU with ``out=`` (``aten.relu.out``, ``aten._softmax.out``,
+    ``aten._softmax_backward_data.out``, ``aten.threshold_backward``); the cross-entropy's
+    backward is autograd's. ``torch.from_numpy`` in setup; ``-Nt``: ``torch.set_num_threads``.
+``copy-limit-1t``, ``copy-limit-<cores>t``, ``copy-limit-torch-<cores>t``
+    **Not the op**: ``np.copyto`` of as many bytes as the op reads plus writes (split into one
+    contiguous chunk per Python thread for ``-<cores>t``; ``torch.Tensor.copy_`` on its OpenMP
+    threads for ``-torch-``, whose start-up costs less on small arrays), the memory-bandwidth
+    limit of a memory-bound kernel; the report takes the fastest.  Read + written per element of the op's array: forward of relu,
+    softmax and log reads x and writes y (2 arrays: copy of 1x the array, which reads 1 and
+    writes 1); their backward and the cross-entropy backward read two arrays and write one
+    (3 arrays: copy of 1.5x); the cross-entropy forward reads logits and labels and writes the
+    softmax it keeps (1.5x).  No copy limit for matmul (it is compute-bound).
+
+After timing, each result is checked against a float64 numpy reference (correctness only;
+there are no timing asserts).  ``extra_info`` records op, direction, dtype, implementation,
+threads and the bytes the op moves.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import pytest
+
+import pyops
+
+N, HIDDEN, CLASSES, FEATURES = 60_000, 100, 10, 785
+EPS = 1e-12
+DTYPES = ("float64", "float32")
+OPS = ("relu", "softmax", "log", "xent", "matmul")
+DIRECTIONS = ("forward", "backward")
+#: All cores this process may use; the thread counts benchmarked are 1 and this.
+N_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+THREAD_COUNTS = sorted({1, N_CORES})
+#: Relative tolerance against the float64 reference, and absolute tolerance as a fraction of
+#: the reference's largest magnitude (sums of 60000 float32 terms need the latter).
+TOL = {"float64": (1e-9, 1e-11), "float32": (2e-4, 2e-5)}
+#: Arrays of the op's size read plus written, for the copy limit (module docstring).
+ARRAYS_MOVED = {
+    ("relu", "forward"): 2, ("relu", "backward"): 3,
+    ("softmax", "forward"): 2, ("softmax", "backward"): 3,
+    ("log", "forward"): 2, ("log", "backward"): 3,
+    ("xent", "forward"): 3, ("xent", "backward"): 3,
+}
+
+
+def implementations() -> List[str]:
+    impls = ["notebook-numpy", "numpy", "best-numpy"]
+    impls += [f"cython-{t}t" for t in THREAD_COUNTS]
+    impls += ["tensorflow", "tensorflow-xla"]
+    impls += [f"torch-{t}t" for t in THREAD_COUNTS]
+    impls += [f"copy-limit-{t}t" for t in THREAD_COUNTS]
+    impls += [f"copy-limit-torch-{N_CORES}t"] if N_CORES > 1 else []
+    return impls
+
+
+def applies(impl: str, op: str) -> bool:
+    if impl.startswith("copy-limit"):
+        return op != "matmul"
+    if impl == "notebook-numpy":
+        return op != "xent"
+    return True
+
+
+# op-major, so that each op's inputs are made once and dropped before the next op's
+CASES = [
+    (op, direction, dtype, impl)
+    for op in OPS
+    for dtype in DTYPES
+    for direction in DIRECTIONS
+    for impl in implementations()
+    if applies(impl, op)
+]
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    """Inputs of one op in one dtype, and the float64 reference results."""
+
+    inputs: Dict[str, np.ndarray]
+    forward: Any            # reference forward result (array, or float for xent)
+    backward: Any           # reference backward result (array, or tuple for matmul)
+    size: int               # elements of the op's main array (for the copy limit)
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=1)
+def _master(op: str) -> Dict[str, np.ndarray]:
+    """float64 inputs, fixed seed; every dtype is cast from these."""
+    rng = np.random.default_rng(20240601 + OPS.index(op))
+    if op == "relu":
+        return {"x": rng.standard_normal((N, HIDDEN)), "g": rng.standard_normal((N, HIDDEN))}
+    if op in ("softmax", "xent"):
+        z = 2.0 * rng.standard_normal((N, CLASSES))
+        y = np.zeros((N, CLASSES))
+        y[np.arange(N), rng.integers(0, CLASSES, N)] = 1.0
+        return {"x": z, "g": rng.standard_normal((N, CLASSES)), "y": y}
+    if op == "log":
+        z = 2.0 * rng.standard_normal((N, CLASSES))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return {"x": e / e.sum(axis=1, keepdims=True), "g": rng.standard_normal((N, CLASSES))}
+    if op == "matmul":
+        return {
+            "x": rng.random((N, FEATURES)),                      # pixels in [0, 1)
+            "W": 0.05 * rng.standard_normal((FEATURES, HIDDEN)),
+            "g": rng.standard_normal((N, HIDDEN)),
+        }
+    raise ValueError(op)
+
+
+_DATA: Dict[Tuple[str, str], Data] = {}
+_BUFFERS: Dict[Tuple[str, Tuple[int, ...], str], np.ndarray] = {}
+_TF_TENSORS: Dict[str, Any] = {}
+
+
+@dataclass
+class Rows:
+    """A reference known only on some rows (the (60000, 785) products are checked on a sample)."""
+
+    rows: np.ndarray
+    values: np.ndarray
+
+
+def _chunked_xT_g(x: np.ndarray, g: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``x.T @ g`` in float64 without a float64 copy of all of ``x``."""
+    acc = np.zeros((x.shape[1], g.shape[1]))
+    for a in range(0, x.shape[0], chunk):
+        acc += x[a:a + chunk].astype(np.float64).T @ g[a:a + chunk].astype(np.float64)
+    return acc
+
+
+def data(op: str, dtype: str) -> Data:
+    """Inputs in ``dtype`` and the references computed in float64 from those very inputs."""
+    key = (op, dtype)
+    if key in _DATA:
+        return _DATA[key]
+    # keep one op's arrays alive at a time (matmul's are 377 MB in float64)
+    _DATA.clear()
+    _BUFFERS.clear()
+    _TF_TENSORS.clear()
+    inputs = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in _master(op).items()}
+    if op == "matmul":
+        x, W, g = inputs["x"], inputs["W"].astype(np.float64), inputs["g"]
+        rows = np.unique(np.r_[np.arange(0, N, 61), N - 1])
+        fwd = Rows(rows, x[rows].astype(np.float64) @ W)
+        bwd = (Rows(rows, g[rows].astype(np.float64) @ W.T), _chunked_xT_g(x, g))
+        _DATA[key] = Data(inputs, fwd, bwd, x.size)
+        return _DATA[key]
+    a = {k: v.astype(np.float64) for k, v in inputs.items()}
+    x, g = a["x"], a["g"]
+    if op == "relu":
+        fwd, bwd = np.maximum(x, 0.0), g * (x > 0)
+    elif op == "softmax":
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        s = e / e.sum(axis=1, keepdims=True)
+        fwd, bwd = s, s * (g - np.sum(g * s, axis=1, keepdims=True))
+    elif op == "log":
+        fwd, bwd = np.log(x + EPS), g / (x + EPS)
+    elif op == "xent":
+        y = a["y"]
+        m = x.max(axis=1, keepdims=True)
+        lse = m + np.log(np.exp(x - m).sum(axis=1, keepdims=True))
+        fwd = float(-np.mean(np.sum(y * (x - lse), axis=1)))
+        bwd = (np.exp(x - lse) - y) / N
+    else:
+        raise ValueError(op)
+    _DATA[key] = Data(inputs, fwd, bwd, inputs["x"].size)
+    return _DATA[key]
+
+
+def buffer(name: str, like: np.ndarray, shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
+    """An output buffer shared by the implementations of one op, filled with NaN.
+
+    Sharing saves page-faulting a fresh 377 MB array per implementation; the NaN fill makes
+    sure a result checked after timing was written by the implementation under test.
+    """
+    shape = like.shape if shape is None else shape
+    key = (name, shape, like.dtype.str)
+    buf = _BUFFERS.get(key)
+    if buf is None:
+        buf = _BUFFERS[key] = np.empty(shape, like.dtype)
+    buf.fill(np.nan)
+    return buf
+
+
+def tf_tensors(tf: Any, d: Data) -> Dict[str, Any]:
+    """The op's inputs as TensorFlow tensors, made once per op and dtype."""
+    if not _TF_TENSORS:
+        _TF_TENSORS.update({k: tf.constant(v) for k, v in d.inputs.items()})
+    return _TF_TENSORS
+
+
+# --------------------------------------------------------------------------- implementations
+@dataclass
+class Case:
+    """What to time: ``fn(*args)``; ``result`` turns its return value into numpy for the check."""
+
+    fn: Callable[..., Any]
+    args: Tuple[Any, ...] = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    result: Callable[[Any], Any] = lambda r: r
+    threads: Optional[int] = None
+    note: str = ""
+
+
+def pyops_case(backend: str, op: str, direction: str, d: Data) -> Case:
+    """The package's own op object, with preallocated ``out=`` buffers."""
+    ops = pyops.get_ops(backend)
+    x, g = d.inputs["x"], d.inputs["g"]
+    if op == "matmul":
+        o = ops.Matmul()
+        W = d.inputs["W"]
+        if direction == "forward":
+            return Case(o.forward, (x, W), {"out": buffer("h", x, (N, HIDDEN))})
+        o.forward(x, W, out=buffer("h", x, (N, HIDDEN)))
+        out = (buffer("gx", x), buffer("gW", W))
+        return Case(o.backward, (g,), {"out": out})
+    if op == "xent":
+        o = ops.SoftmaxCrossEntropy()
+        if direction == "forward":
+            return Case(o.forward, (x, d.inputs["y"]))
+        o.forward(x, d.inputs["y"])
+        return Case(o.backward, (1.0,), {"out": buffer("out", x)})
+    o = {"relu": ops.Relu, "softmax": ops.Softmax, "log": ops.Log}[op]()
+    if direction == "forward":
+        return Case(o.forward, (x,), {"out": buffer("out", x)})
+    o.forward(x, out=buffer("y", x))
+    return Case(o.backward, (g,), {"out": buffer("out", x)})
+
+
+def notebook_case(op: str, direction: str, d: Data) -> Case:
+    """The original notebook's numpy code (``../shared/seed``), allocations and all."""
+    x, g = d.inputs["x"], d.inputs["g"]
+    if op == "relu":
+        if direction == "forward":
+            return Case(lambda x: np.where(x > 0, x, np.zeros_like(x)), (x,))
+        # the notebook casts the mask to float32 whatever the dtype
+        return Case(lambda x, g: (x > 0).astype(np.float32) * g, (x, g))
+    if op == "softmax":
+        def forward(x):
+            x_exp = np.exp(x)
+            return x_exp / (np.sum(x_exp, axis=1, keepdims=True) + 1e-12)
+
+        if direction == "forward":
+            return Case(forward, (x,))
+
+        def backward(s, grad_y):
+            sisj = np.matmul(np.expand_dims(s, axis=2), np.expand_dims(s, axis=1))
+            tmp = np.squeeze(np.matmul(np.expand_dims(grad_y, axis=1), sisj), axis=1)
+            return -tmp + grad_y * s
+
+        return Case(backward, (forward(x), g))
+    if op == "log":
+        if direction == "forward":
+            return Case(lambda x: np.log(x + 1e-12), (x,))
+        return Case(lambda x, g: 1.0 / (x + 1e-12) * g, (x, g))
+    if op == "matmul":
+        W = d.inputs["W"]
+        if direction == "forward":
+            return Case(np.matmul, (x, W))
+        return Case(lambda x, W, g: (np.dot(g, W.T), np.dot(x.T, g)), (x, W, g))
+    raise ValueError(op)
+
+
+def best_numpy(op: str, direction: str, d: Data) -> Case:
+    """The fastest plain-numpy form of each op we found (ufuncs with ``out=``, no temporaries).
+
+    - relu: ``np.maximum(x, 0, out=y)``; backward ``np.greater(x, 0, out=mask)`` then
+      ``np.multiply(g, mask, out=)`` with a preallocated bool mask.
+    - softmax: the row max as 9 column-wise ``np.maximum`` (``x.max(axis=1)`` over rows of 10
+      is slower), in-place ``subtract``/``exp``/``divide``, row sums by ``einsum``; backward
+      ``s * (g - <g, s>)`` with the row dot by ``einsum``.
+    - log: ``np.add(x, eps, out=y)`` then ``np.log(y, out=y)``; backward ``g / (x + eps)`` in
+      one buffer.
+    - xent: the stable log-sum-exp; the loss is ``(sum(m) + sum(log(rowsum)) - <y, z>) / N``
+      (rows of y sum to 1); backward ``(s - y) * (1/N)`` in place.
+    - matmul: ``np.matmul(..., out=)`` (numpy's BLAS).
+    """
+    x, g = d.inputs["x"], d.inputs["g"]
+    dt = x.dtype
+    out = buffer("out", x)
+    if op == "relu":
+        if direction == "forward":
+            return Case(lambda x, y: np.maximum(x, 0, out=y), (x, out))
+        mask = np.empty(x.shape, bool)
+
+        def relu_backward(x, g, mask, out):
+            np.greater(x, 0, out=mask)
+            return np.multiply(g, mask, out=out)
+
+        return Case(relu_backward, (x, g, mask, out))
+    col = np.empty(N, dt)
+
+    def row_max(z, m):
+        np.maximum(z[:, 0], z[:, 1], out=m)
+        for j in range(2, z.shape[1]):
+            np.maximum(m, z[:, j], out=m)
+        return m
+
+    def softmax(z, s, col):
+        m = row_max(z, col)
+        np.subtract(z, m[:, None], out=s)
+        np.exp(s, out=s)
+        np.einsum("ij->i", s, out=col)
+        np.divide(s, col[:, None], out=s)
+        return s
+
+    if op == "softmax":
+        if direction == "forward":
+            return Case(softmax, (x, out, col))
+        s = softmax(x, buffer("y", x), col)
+
+        def softmax_backward(s, g, col, out):
+            np.einsum("ij,ij->i", g, s, out=col)
+            np.subtract(g, col[:, None], out=out)
+            return np.multiply(out, s, out=out)
+
+        return Case(softmax_backward, (s, g, col, out))
+    if op == "log":
+        if direction == "forward":
+            def log_forward(x, y):
+                np.add(x, EPS, out=y)
+                return np.log(y, out=y)
+
+            return Case(log_forward, (x, out))
+
+        def log_backward(x, g, out):
+            np.add(x, EPS, out=out)
+            return np.divide(g, out, out=out)
+
+        return Case(log_backward, (x, g, out))
+    if op == "xent":
+        y = d.inputs["y"]
+        lse = np.empty(N, dt)
+
+        def xent_forward(z, y, s, m, lse):
+            row_max(z, m)
+            np.subtract(z, m[:, None], out=s)
+            np.exp(s, out=s)
+            np.einsum("ij->i", s, out=lse)
+            np.divide(s, lse[:, None], out=s)           # s is kept for backward
+            np.log(lse, out=lse)
+            return float((m.sum() + lse.sum() - np.vdot(y, z)) / z.shape[0])
+
+        if direction == "forward":
+            return Case(xent_forward, (x, y, out, col, lse))
+        s = buffer("y", x)
+        xent_forward(x, y, s, col, lse)
+
+        def xent_backward(s, y, out):
+            np.subtract(s, y, out=out)
+            return np.multiply(out, 1.0 / s.shape[0], out=out)
+
+        return Case(xent_backward, (s, y, out))
+    if op == "matmul":
+        W = d.inputs["W"]
+        if direction == "forward":
+            return Case(lambda x, W, h: np.matmul(x, W, out=h), (x, W, buffer("h", x, (N, HIDDEN))))
+        gx, gW = buffer("gx", x), buffer("gW", W)
+        return Case(
+            lambda x, W, g: (np.matmul(g, W.T, out=gx), np.matmul(x.T, g, out=gW)), (x, W, g)
+        )
+    raise ValueError(op)
+
+
+def tensorflow_case(tf: Any, op: str, direction: str, d: Data, xla: bool) -> Case:
+    """TensorFlow's op and TensorFlow's own gradient formula; ``xla``: all under XLA."""
+    T = tf_tensors(tf, d)
+    x, g = T["x"], T["g"]
+
+    def function(f):
+        return tf.function(f, jit_compile=True) if xla else tf.function(f)
+
+    def eager_or_function(f):  # one op: eager is as fast, and has less call overhead
+        return function(f) if xla else f
+
+    numpy_result = lambda r: r.numpy()  # noqa: E731
+    if op == "relu":
+        if direction == "forward":
+            return Case(eager_or_function(tf.nn.relu), (x,), result=numpy_result)
+        relu_grad = lambda g, x: tf.raw_ops.ReluGrad(gradients=g, features=x)  # noqa: E731
+        return Case(eager_or_function(relu_grad), (g, x), result=numpy_result)
+    if op == "softmax":
+        if direction == "forward":
+            return Case(eager_or_function(tf.nn.softmax), (x,), result=numpy_result)
+
+        def softmax_grad(s, g):  # TensorFlow's registered gradient of Softmax (nn_grad.py)
+            return (g - tf.reduce_sum(g * s, -1, keepdims=True)) * s
+
+        return Case(function(softmax_grad), (tf.nn.softmax(x), g), result=numpy_result)
+    if op == "log":
+        if direction == "forward":
+            return Case(function(lambda x: tf.math.log(x + EPS)), (x,), result=numpy_result)
+        return Case(function(lambda x, g: g / (x + EPS)), (x, g), result=numpy_result)
+    if op == "xent":
+        y = T["y"]
+
+        def xent(z, y):  # the fused op computes the loss rows and the gradient rows
+            loss, backprop = tf.raw_ops.SoftmaxCrossEntropyWithLogits(features=z, labels=y)
+            return tf.reduce_mean(loss), backprop
+
+        if direction == "forward":
+            return Case(function(xent), (x, y), result=lambda r: float(r[0]))
+        _, backprop = function(xent)(x, y)
+        scale = tf.constant(1.0 / N, dtype=x.dtype)
+        # registered gradient: grad_loss[:, None] * backprop, grad_loss = 1/N from the mean
+        return Case(function(lambda bp, c: bp * c), (backprop, scale), result=numpy_result)
+    if op == "matmul":
+        W = T["W"]
+        if direction == "forward":
+            return Case(eager_or_function(tf.matmul), (x, W), result=numpy_result)
+
+        def matmul_grad(x, W, g):
+            return tf.matmul(g, W, transpose_b=True), tf.matmul(x, g, transpose_a=True)
+
+        return Case(function(matmul_grad), (x, W, g), result=lambda r: (r[0].numpy(), r[1].numpy()))
+    raise ValueError(op)
+
+
+def torch_case(torch: Any, op: str, direction: str, d: Data) -> Case:
+    """PyTorch's CPU kernels with ``out=``; the cross-entropy backward via autograd."""
+    T = {k: torch.from_numpy(v) for k, v in d.inputs.items()}
+    x, g = T["x"], T["g"]
+    aten = torch.ops.aten
+    out = torch.from_numpy(buffer("out", d.inputs["x"]))
+    numpy_result = lambda r: r.numpy()  # noqa: E731
+    if op == "relu":
+        if direction == "forward":
+            return Case(lambda x, out: aten.relu.out(x, out=out), (x, out), result=numpy_result)
+        return Case(lambda g, x, out: aten.threshold_backward.grad_input(g, x, 0, grad_input=out),
+                    (g, x, out), result=numpy_result)
+    if op == "softmax":
+        if direction == "forward":
+            return Case(lambda x, out: aten._softmax.out(x, 1, False, out=out), (x, out),
+                        result=numpy_result)
+        s = torch.softmax(x, 1)
+        return Case(
+            lambda g, s, out: aten._softmax_backward_data.out(g, s, 1, s.dtype, grad_input=out),
+            (g, s, out), result=numpy_result,
+        )
+    if op == "log":
+        if direction == "forward":
+            def log_forward(x, out):
+                torch.add(x, EPS, out=out)
+                return torch.log(out, out=out)
+
+            return Case(log_forward, (x, out), result=numpy_result)
+
+        def log_backward(x, g, out):
+            torch.add(x, EPS, out=out)
+            return torch.div(g, out, out=out)
+
+        return Case(log_backward, (x, g, out), result=numpy_result)
+    if op == "xent":
+        y = T["y"]
+        F = torch.nn.functional
+        if direction == "forward":
+            def xent_forward(z, y):
+                with torch.no_grad():
+                    return F.cross_entropy(z, y)
+
+            return Case(xent_forward, (x, y), result=lambda r: float(r))
+        z = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(z, y)
+        return Case(lambda loss, z: torch.autograd.grad(loss, z, retain_graph=True)[0], (loss, z),
+                    result=numpy_result)
+    if op == "matmul":
+        W = T["W"]
+        if direction == "forward":
+            h = torch.from_numpy(buffer("h", d.inputs["x"], (N, HIDDEN)))
+            return Case(lambda x, W, h: torch.matmul(x, W, out=h), (x, W, h), result=numpy_result)
+        gx = torch.from_numpy(buffer("gx", d.inputs["x"]))
+        gW = torch.from_numpy(buffer("gW", d.inputs["W"]))
+
+        def matmul_grad(x, W, g):
+            return torch.matmul(g, W.T, out=gx), torch.matmul(x.T, g, out=gW)
+
+        return Case(matmul_grad, (x, W, g), result=lambda r: (r[0].numpy(), r[1].numpy()))
+    raise ValueError(op)
+
+
+class ParallelCopy:
+    """``np.copyto`` split into one contiguous chunk per thread (numpy releases the GIL)."""
+
+    def __init__(self, dst: np.ndarray, src: np.ndarray, threads: int) -> None:
+        bounds = np.linspace(0, src.size, threads + 1).astype(int)
+        flat_d, flat_s = dst.reshape(-1), src.reshape(-1)
+        self.chunks = [(flat_d[a:b], flat_s[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+
+    def __call__(self) -> None:
+        futures = [self.pool.submit(np.copyto, dd, ss) for dd, ss in self.chunks[1:]] if self.pool else []
+        np.copyto(*self.chunks[0])
+        for f in futures:
+            f.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+# --------------------------------------------------------------------------- the benchmark
+def _family(impl: str) -> Tuple[str, Optional[int]]:
+    """``"cython-2t"`` -> ``("cython", 2)``; ``"tensorflow"`` -> ``("tensorflow", None)``."""
+    name, _, suffix = impl.rpartition("-")
+    if name and suffix.endswith("t") and suffix[:-1].isdigit():
+        return name, int(suffix[:-1])
+    return impl, None
+
+
+def _check(got: Any, want: Any, dtype: str, what: str) -> None:
+    rtol, atol_frac = TOL[dtype]
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want), what
+        for i, (a, b) in enumerate(zip(got, want)):
+            _check(a, b, dtype, f"{what}[{i}]")
+        return
+    if isinstance(want, float):
+        assert got == pytest.approx(want, rel=rtol * 10), what
+        return
+    got = np.asarray(got)
+    if isinstance(want, Rows):
+        assert got.shape[0] == N, f"{what}: {got.shape[0]} rows"
+        got, want = got[want.rows], want.values
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol_frac * np.max(np.abs(want)), err_msg=what)
+
+
+@pytest.mark.parametrize(
+    "op,direction,dtype,impl", CASES, ids=[f"{o}-{di}-{dt}-{i}" for o, di, dt, i in CASES]
+)
+def test_op(benchmark, request, use_threads, op, direction, dtype, impl):
+    family, threads = _family(impl)
+    benchmark.group = f"{op}-{direction}-{dtype}"
+    d = data(op, dtype)
+    itemsize = np.dtype(dtype).itemsize
+    moved = ARRAYS_MOVED.get((op, direction))
+    benchmark.extra_info.update(
+        op=op, direction=direction, dtype=dtype, impl=impl, family=family,
+        bytes_moved=None if moved is None else moved * d.size * itemsize,
+    )
+
+    if family.startswith("copy-limit"):
+        # a copy reads n and writes n elements: n = moved/2 times the op's array
+        n = d.size * moved // 2
+        src = buffer("copy-src", d.inputs["x"], (n,))
+        src.fill(1)
+        dst = buffer("copy-dst", src)
+        if family == "copy-limit-torch":
+            torch = request.getfixturevalue("torch")
+            use_threads("torch", threads)
+            S, D = torch.from_numpy(src), torch.from_numpy(dst)
+            copy = lambda: D.copy_(S)  # noqa: E731
+            note = f"torch copy_ of {n} elements, {threads} threads"
+        else:
+            copy = ParallelCopy(dst, src, threads)
+            request.addfinalizer(copy.close)
+            note = f"np.copyto of {n} elements, {threads} thread(s)"
+        if not benchmark.disabled:
+            copy()  # touch dst's pages and start the threads outside the timing
+        benchmark.extra_info.update(threads=threads, note=note)
+        benchmark(copy)
+        assert np.array_equal(dst, src)
+        return
+
+    # numpy's ufuncs run on one thread; matmul runs on numpy's BLAS threads (None here)
+    numpy_threads = None if op == "matmul" else 1
+    if family == "cython":
+        use_threads("cython", threads)
+        case = pyops_case("cython", op, direction, d)
+        case.threads = numpy_threads if op == "matmul" else threads
+    elif family == "numpy":
+        case = pyops_case("numpy", op, direction, d)
+        case.threads = numpy_threads
+    elif family == "notebook-numpy":
+        case = notebook_case(op, direction, d)
+        case.threads = numpy_threads
+    elif family == "best-numpy":
+        case = best_numpy(op, direction, d)
+        case.threads = numpy_threads
+    elif family in ("tensorflow", "tensorflow-xla"):
+        tf = request.getfixturevalue("tf")
+        case = tensorflow_case(tf, op, direction, d, xla=family.endswith("xla"))
+        case.threads = tf.config.threading.get_intra_op_parallelism_threads() or N_CORES
+    elif family == "torch":
+        torch = request.getfixturevalue("torch")
+        use_threads("torch", threads)
+        case = torch_case(torch, op, direction, d)
+        case.threads = threads
+    else:
+        raise ValueError(impl)
+    benchmark.extra_info.update(threads=case.threads)
+
+    if not benchmark.disabled:  # warm up: first-touch pages, TensorFlow tracing
+        case.fn(*case.args, **case.kwargs)
+    result = benchmark(case.fn, *case.args, **case.kwargs)
+    want = d.forward if direction == "forward" else d.backward
+    _check(case.result(result), want, dtype, f"{impl} {op} {direction} {dtype}")

@@ -1,0 +1,296 @@
+"""One full-batch training step of the 785-100-10 network, per implementation.
+
+A step is: forward (``[x, 1] W1``, relu, ``W2``, softmax, log), the loss and accuracy of that
+forward, backward for ``W1`` and ``W2`` (never for the input), and the plain SGD update
+``W -= lr * grad``: :func:`pyops.train_one_step` on a :class:`pyops.MLP` in its default
+(notebook) loss mode, whose gradient is that of the loss *summed* over the batch.  Data are
+synthetic, of MNIST's shape: 60000 rows of 784 uniform [0, 1) pixels plus the bias column,
+random one-hot labels, fixed seed; every implementation starts from the same weights
+(He-scaled normal, so the logits stay moderate).
+
+Group ``train-step-<dtype>``:
+
+``numpy``, ``cython-1t``, ``cython-<cores>t``
+    ``pyops.train_one_step(MLP(backend, dtype), model.prepare(x), y)``.
+``notebook-numpy`` (float64 only)
+    The original notebook's loop: rebuilds the bias column every step, computes the unused
+    input gradient, the ``N x c x c`` softmax Jacobian. (Its float32 would compute in float64:
+    the bias column it concatenates is float64.)
+``tensorflow``, ``tensorflow-xla``
+    A ``tf.function`` (``jit_compile=True`` for ``-xla``) doing the same step with
+    ``GradientTape`` and ``assign_sub``.
+``torch-1t``, ``torch-<cores>t``
+    PyTorch eager with autograd (``torch.autograd.grad``) and an in-place update.
+``gemm-floor``
+    **Not a step**: the two large products alone, ``X @ W1`` and ``X.T @ G``
+    (60000 x 785 x 100 each) with numpy's BLAS and ``out=``: what a step cannot go below.
+
+After timing, each implementation runs one step from the initial weights and its updated
+weights are checked against a float64 numpy reference (correctness only).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+import numpy as np
+import pytest
+
+import pyops
+
+N, D, HIDDEN, CLASSES = 60_000, 784, 100, 10
+LR = 1e-5
+EPS = 1e-12
+DTYPES = ("float64", "float32")
+N_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+THREAD_COUNTS = sorted({1, N_CORES})
+#: tolerance on the weight change of one step, as a fraction of its largest magnitude
+TOL = {"float64": 1e-9, "float32": 2e-3}
+
+
+def implementations(dtype: str):
+    impls = ["notebook-numpy"] if dtype == "float64" else []
+    impls += ["numpy"] + [f"cython-{t}t" for t in THREAD_COUNTS]
+    impls += ["tensorflow", "tensorflow-xla"] + [f"torch-{t}t" for t in THREAD_COUNTS]
+    return impls + ["gemm-floor"]
+
+
+CASES = [(dtype, impl) for dtype in DTYPES for impl in implementations(dtype)]
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    x: np.ndarray        # (N, 784) images in [0, 1) (a view of X's first columns)
+    X: np.ndarray        # (N, 785) with the bias column
+    Y: np.ndarray        # (N, 10) one-hot
+    W1: np.ndarray       # (785, 100) initial weights
+    W2: np.ndarray       # (100, 10)
+    dW1: np.ndarray      # float64 reference weight change of one step
+    dW2: np.ndarray
+
+
+_DATA: Dict[str, Data] = {}
+
+
+def _chunked_xT_g(x: np.ndarray, g: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """``x.T @ g`` in float64 without a float64 copy of all of ``x``."""
+    acc = np.zeros((x.shape[1], g.shape[1]))
+    for a in range(0, x.shape[0], chunk):
+        acc += x[a:a + chunk].astype(np.float64).T @ g[a:a + chunk].astype(np.float64)
+    return acc
+
+
+def reference_step(X: np.ndarray, Y: np.ndarray, W1: np.ndarray, W2: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The weight changes ``-lr * grad`` of one step, in float64 numpy (``X`` in any dtype)."""
+    Y, W1, W2 = Y.astype(np.float64), W1.astype(np.float64), W2.astype(np.float64)
+    h1 = X @ W1 if X.dtype == np.float64 else np.concatenate(
+        [X[a:a + 4096].astype(np.float64) @ W1 for a in range(0, X.shape[0], 4096)])
+    r = np.maximum(h1, 0.0)
+    z = r @ W2
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    s = e / e.sum(axis=1, keepdims=True)
+    g_log = -Y / (s + EPS)                                   # d(sum -Y log(s + eps)) / ds
+    g_z = s * (g_log - np.sum(g_log * s, axis=1, keepdims=True))
+    gW2 = r.T @ g_z
+    g_h1 = (g_z @ W2.T) * (h1 > 0)
+    gW1 = _chunked_xT_g(X, g_h1)
+    return -LR * gW1, -LR * gW2
+
+
+def data(dtype: str) -> Data:
+    if dtype in _DATA:
+        return _DATA[dtype]
+    _DATA.clear()  # one dtype's arrays at a time
+    rng = np.random.default_rng(20240602)
+    X = np.empty((N, D + 1), dtype)
+    for a in range(0, N, 4096):
+        X[a:a + 4096, :D] = rng.random((min(4096, N - a), D))
+    X[:, D] = 1
+    x = X[:, :D]  # the images: a view, as the notebook reads them
+    Y = np.zeros((N, CLASSES), dtype)
+    Y[np.arange(N), rng.integers(0, CLASSES, N)] = 1
+    W1 = rng.standard_normal((D + 1, HIDDEN)) * np.sqrt(2.0 / D)
+    W1[D] = 0.0
+    W2 = rng.standard_normal((HIDDEN, CLASSES)) * np.sqrt(2.0 / (HIDDEN + CLASSES))
+    W1, W2 = W1.astype(dtype), W2.astype(dtype)
+    dW1, dW2 = reference_step(X, Y, W1, W2)
+    _DATA[dtype] = Data(x, X, Y, W1, W2, dW1, dW2)
+    return _DATA[dtype]
+
+
+# --------------------------------------------------------------------------- implementations
+@dataclass
+class Step:
+    """``step()`` runs one training step; ``reset()`` restores the initial weights;
+    ``weights()`` returns the current ``(W1, W2)`` as numpy arrays."""
+
+    step: Callable[[], Any]
+    reset: Callable[[], None]
+    weights: Callable[[], Tuple[np.ndarray, np.ndarray]]
+
+
+def pyops_step(backend: str, d: Data) -> Step:
+    if not hasattr(pyops, "MLP"):
+        pytest.skip("the installed pyops has no MLP yet: reinstall with `pip install .`")
+    model = pyops.MLP(backend, d.X.dtype, seed=0)
+    X = model.prepare(d.X)  # the fast path: the bias column is built once per dataset
+
+    def reset():
+        model.W1, model.W2 = d.W1, d.W2
+
+    reset()
+    return Step(lambda: pyops.train_one_step(model, X, d.Y, lr=LR), reset,
+                lambda: (model.W1.copy(), model.W2.copy()))
+
+
+def notebook_step(d: Data) -> Step:
+    """The original notebook's ``myModel`` and ``train_one_step`` (``../shared/seed``)."""
+    W = {}
+
+    def reset():
+        W["W1"], W["W2"] = d.W1.copy(), d.W2.copy()
+
+    def step():
+        x = d.x.reshape(-1, 28 * 28)
+        x = np.concatenate([x, np.ones(shape=[x.shape[0], 1])], axis=1)
+        W1, W2 = W["W1"], W["W2"]
+        h1 = np.matmul(x, W1)
+        h1_relu = np.where(h1 > 0, h1, np.zeros_like(h1))
+        h2 = np.matmul(h1_relu, W2)
+        x_exp = np.exp(h2)
+        h2_soft = x_exp / (np.sum(x_exp, axis=1, keepdims=True) + 1e-12)
+        h2_log = np.log(h2_soft + 1e-12)
+        # backward from -label, as the notebook
+        h2_log_grad = 1.0 / (h2_soft + 1e-12) * -d.Y
+        s = h2_soft
+        sisj = np.matmul(np.expand_dims(s, axis=2), np.expand_dims(s, axis=1))
+        tmp = np.squeeze(np.matmul(np.expand_dims(h2_log_grad, axis=1), sisj), axis=1)
+        h2_soft_grad = -tmp + h2_log_grad * s
+        h2_grad, W2_grad = np.dot(h2_soft_grad, W2.T), np.dot(h1_relu.T, h2_soft_grad)
+        h1_relu_grad = (h1 > 0).astype(np.float32) * h2_grad
+        _h1_grad, W1_grad = np.dot(h1_relu_grad, W1.T), np.dot(x.T, h1_relu_grad)
+        W["W1"] = W1 - 1e-5 * W1_grad
+        W["W2"] = W2 - 1e-5 * W2_grad
+        loss = np.mean(np.sum(-h2_log * d.Y, axis=1))
+        accuracy = np.mean(np.argmax(h2_log, axis=1) == np.argmax(d.Y, axis=1))
+        return loss, accuracy
+
+    reset()
+    return Step(step, reset, lambda: (W["W1"], W["W2"]))
+
+
+def tensorflow_step(tf: Any, d: Data, xla: bool) -> Step:
+    X, Y = tf.constant(d.X), tf.constant(d.Y)
+    W1, W2 = tf.Variable(d.W1), tf.Variable(d.W2)
+    lr = tf.constant(LR, dtype=X.dtype)
+
+    def step(X, Y):
+        with tf.GradientTape() as tape:
+            h1 = tf.nn.relu(tf.matmul(X, W1))
+            log_prob = tf.math.log(tf.nn.softmax(tf.matmul(h1, W2)) + EPS)
+            loss_sum = -tf.reduce_sum(log_prob * Y)
+        gW1, gW2 = tape.gradient(loss_sum, [W1, W2])
+        W1.assign_sub(lr * gW1)
+        W2.assign_sub(lr * gW2)
+        correct = tf.equal(tf.argmax(log_prob, 1), tf.argmax(Y, 1))
+        return loss_sum / X.shape[0], tf.reduce_mean(tf.cast(correct, X.dtype))
+
+    fn = tf.function(step, jit_compile=True) if xla else tf.function(step)
+
+    def reset():
+        W1.assign(d.W1)
+        W2.assign(d.W2)
+
+    return Step(lambda: tuple(float(v) for v in fn(X, Y)), reset,
+                lambda: (W1.numpy(), W2.numpy()))
+
+
+def torch_step(torch: Any, d: Data) -> Step:
+    X, Y = torch.from_numpy(d.X), torch.from_numpy(d.Y)
+    W1 = torch.from_numpy(d.W1.copy()).requires_grad_(True)
+    W2 = torch.from_numpy(d.W2.copy()).requires_grad_(True)
+
+    def step():
+        h1 = torch.relu(X @ W1)
+        log_prob = torch.log(torch.softmax(h1 @ W2, dim=1) + EPS)
+        loss_sum = -(log_prob * Y).sum()
+        gW1, gW2 = torch.autograd.grad(loss_sum, [W1, W2])
+        with torch.no_grad():
+            W1.add_(gW1, alpha=-LR)
+            W2.add_(gW2, alpha=-LR)
+            accuracy = (log_prob.argmax(1) == Y.argmax(1)).to(X.dtype).mean()
+        return float(loss_sum.detach()) / X.shape[0], float(accuracy)
+
+    def reset():
+        with torch.no_grad():
+            W1.copy_(torch.from_numpy(d.W1))
+            W2.copy_(torch.from_numpy(d.W2))
+
+    return Step(step, reset, lambda: (W1.detach().numpy().copy(), W2.detach().numpy().copy()))
+
+
+def _family(impl: str):
+    name, _, suffix = impl.rpartition("-")
+    if name and suffix.endswith("t") and suffix[:-1].isdigit():
+        return name, int(suffix[:-1])
+    return impl, None
+
+
+@pytest.mark.parametrize("dtype,impl", CASES, ids=[f"{dt}-{i}" for dt, i in CASES])
+def test_train_step(benchmark, request, use_threads, dtype, impl):
+    family, threads = _family(impl)
+    benchmark.group = f"train-step-{dtype}"
+    benchmark.extra_info.update(op="train-step", dtype=dtype, impl=impl, family=family)
+    d = data(dtype)
+
+    if family == "gemm-floor":
+        G = np.random.default_rng(1).standard_normal((N, HIDDEN)).astype(dtype)
+        h1, gW1 = np.empty((N, HIDDEN), dtype), np.empty_like(d.W1)
+
+        def gemms():
+            np.matmul(d.X, d.W1, out=h1)
+            np.matmul(d.X.T, G, out=gW1)
+
+        if not benchmark.disabled:
+            gemms()
+        benchmark.extra_info.update(threads=None, note="X @ W1 and X.T @ G, numpy's BLAS")
+        benchmark(gemms)
+        rows = np.arange(0, N, 61)
+        want_h1 = d.X[rows].astype(np.float64) @ d.W1.astype(np.float64)
+        want_gW1 = _chunked_xT_g(d.X, G)
+        tol = TOL[dtype]
+        np.testing.assert_allclose(h1[rows], want_h1, rtol=tol, atol=tol * np.abs(want_h1).max())
+        np.testing.assert_allclose(gW1, want_gW1, rtol=tol, atol=tol * np.abs(want_gW1).max())
+        return
+
+    if family in ("numpy", "cython"):
+        if family == "cython":
+            use_threads("cython", threads)
+        s = pyops_step(family, d)
+    elif family == "notebook-numpy":
+        s = notebook_step(d)
+    elif family in ("tensorflow", "tensorflow-xla"):
+        tf = request.getfixturevalue("tf")
+        s = tensorflow_step(tf, d, xla=family.endswith("xla"))
+        threads = tf.config.threading.get_intra_op_parallelism_threads() or N_CORES
+    elif family == "torch":
+        torch = request.getfixturevalue("torch")
+        use_threads("torch", threads)
+        s = torch_step(torch, d)
+    else:
+        raise ValueError(impl)
+    benchmark.extra_info.update(threads=threads)
+
+    if not benchmark.disabled:
+        s.step()  # warm up: buffers, tracing
+    benchmark(s.step)
+
+    s.reset()
+    s.step()
+    W1, W2 = s.weights()
+    for name, got, w0, want in (("W1", W1, d.W1, d.dW1), ("W2", W2, d.W2, d.dW2)):
+        change = got.astype(np.float64) - w0.astype(np.float64)
+        tol = TOL[dtype] * np.abs(want).max()
+        np.testing.assert_allclose(change, want, rtol=0, atol=tol, err_msg=f"{impl} {dtype} {name}")
