@@ -647,12 +647,27 @@ class SGD(_Optimizer):
             p -= tmp
 
 
+def _flush_subnormals(a: np.ndarray, scratch: np.ndarray, mask: np.ndarray) -> None:
+    """Set the entries of ``a`` smaller in magnitude than the smallest normal float to 0."""
+    np.abs(a, out=scratch)
+    np.less(scratch, np.finfo(a.dtype).tiny, out=mask)
+    np.copyto(a, 0, where=mask)
+
+
 class Adam(_Optimizer):
     """Adam (Kingma & Ba), with decoupled weight decay (AdamW) if asked, in place.
 
     ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
     ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with the bias corrections
     ``m_hat = m / (1 - b1^t)``, ``v_hat = v / (1 - b2^t)``.
+
+    Moments that decay below the smallest normal float are set to zero.  Without this, the
+    moments of weights whose gradient is zero for a while (MNIST's rarely-lit border pixels)
+    decay into subnormal numbers and stay there (``0.9 * m`` rounds back up to the smallest
+    subnormal), and arithmetic on subnormals is about a hundred times slower on x86: the
+    update of the 785-100-10 network took 1.2 ms instead of 0.2 ms.  The flush changes each
+    update by less than ``lr * 1e-30`` (float32).  The process's flush-to-zero mode is not
+    touched.
 
     Parameters
     ----------
@@ -685,6 +700,7 @@ class Adam(_Optimizer):
         self.t = 0
         self._m = [np.zeros_like(p) for p in self.params]
         self._v = [np.zeros_like(p) for p in self.params]
+        self._small = [np.empty(p.shape, bool) for p in self.params]
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""
@@ -694,14 +710,17 @@ class Adam(_Optimizer):
         b1, b2 = self.betas
         step_size = lr / (1.0 - b1 ** self.t)
         inv_root_c2 = 1.0 / math.sqrt(1.0 - b2 ** self.t)
-        for p, g, m, v, tmp in zip(self.params, gs, self._m, self._v, self._tmp):
+        for p, g, m, v, tmp, small in zip(self.params, gs, self._m, self._v, self._tmp,
+                                          self._small):
             np.subtract(g, m, out=tmp)        # m += (1 - b1) (g - m)
             tmp *= 1.0 - b1
             m += tmp
+            _flush_subnormals(m, tmp, small)
             np.square(g, out=tmp)             # v += (1 - b2) (g^2 - v)
             tmp -= v
             tmp *= 1.0 - b2
             v += tmp
+            _flush_subnormals(v, tmp, small)
             np.sqrt(v, out=tmp)               # sqrt(v_hat) + eps
             tmp *= inv_root_c2
             tmp += self.eps

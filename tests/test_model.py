@@ -463,6 +463,22 @@ def test_adam_weight_decay_shrinks_without_gradient():
     np.testing.assert_allclose(p, 0.95)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_moments_never_stay_subnormal(dtype):
+    # One gradient, then zeros: m decays by 0.9 a step and, unflushed, would stick at the
+    # smallest subnormal (0.9 * it rounds back to it), which makes every later step slow.
+    p = np.zeros(3, dtype)
+    opt = Adam(p, lr=1e-3)
+    tiny = np.finfo(dtype).tiny
+    opt.step(np.array([1.0, -1e-3 * np.sqrt(tiny), 0.0], dtype))   # its square is subnormal
+    for _ in range(8000):
+        opt.step(np.zeros(3, dtype))
+        for moment in (opt._m[0], opt._v[0]):
+            assert not np.any((moment != 0) & (np.abs(moment) < tiny))
+    assert opt._m[0][0] == 0          # decayed all the way to zero, not stuck above it
+    assert opt._v[0][1] == 0          # (1 - b2) g^2 was subnormal: flushed at once
+
+
 def test_sgd_is_the_notebook_update_and_momentum_converges():
     p = np.array([1.0, 2.0])
     g = np.array([0.5, -0.5])
