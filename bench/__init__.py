@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Optional, Tuple
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -23,10 +24,30 @@ RESULTS_DIR = BENCH_DIR / "results"
 #: Variables that may be set on the machine for the tests; benchmarks run without them.
 UNSET_FOR_BENCHMARKS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
+#: Rows of the full-batch arrays: MNIST's 60000.  ``OPKERNELS_BENCH_ROWS`` makes them smaller
+#: for the untimed CI run (``pytest bench --benchmark-disable``), which checks that every
+#: benchmark still runs and computes the right thing; ``python -m bench.report`` refuses it.
+ROWS_VARIABLE = "OPKERNELS_BENCH_ROWS"
+ROWS = int(os.environ.get(ROWS_VARIABLE) or 60_000)
+if ROWS < 1:
+    raise ValueError(f"{ROWS_VARIABLE} must be a positive number of rows, got {ROWS}")
+
+#: All cores this process may run on; the thread counts benchmarked are 1 and this.
+N_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+THREAD_COUNTS = sorted({1, N_CORES})
+
+
+def split_impl(impl: str) -> Tuple[str, Optional[int]]:
+    """``"cython-2t"`` -> ``("cython", 2)``; ``"tensorflow"`` -> ``("tensorflow", None)``."""
+    name, _, suffix = impl.rpartition("-")
+    if name and suffix.endswith("t") and suffix[:-1].isdigit():
+        return name, int(suffix[:-1])
+    return impl, None
+
 
 def benchmark_env(extra: dict = None) -> dict:
     """The environment for a benchmark subprocess: this one without :data:`UNSET_FOR_BENCHMARKS`."""
-    env = {k: v for k, v in os.environ.items() if k not in UNSET_FOR_BENCHMARKS}
+    env = {k: v for k, v in os.environ.items() if k not in UNSET_FOR_BENCHMARKS + (ROWS_VARIABLE,)}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env.update(extra or {})
     return env

@@ -25,10 +25,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-#: Cores this process may run on: the "all cores" thread count.
-N_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-#: Thread counts benchmarked for the implementations whose threads we set.
-THREAD_COUNTS = sorted({1, N_CORES})
+from bench import N_CORES, ROWS  # noqa: E402
 
 _ENV_VARS = (
     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
@@ -37,14 +34,43 @@ _ENV_VARS = (
 
 
 _LOAD_AT_START = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+_STALLS_AT_START: Optional[float] = None
+
+
+def stall_fraction(seconds: float = 2.0) -> float:
+    """Fraction of wall time lost to stalls while a fixed pure-Python loop runs ``seconds``.
+
+    The loop is cut into slices of a few microseconds; on a quiet machine every slice takes
+    about the median time and the fraction is ~0.  On a shared VM whose virtual CPUs are
+    throttled or descheduled, slices that straddle a stall take far longer, and the fraction
+    says how much of any wall-clock measurement of the same period was not our code running.
+    """
+    import math
+    import time
+
+    slices: List[float] = []
+    clock = time.perf_counter
+    end = clock() + seconds
+    while True:
+        t = clock()
+        for _ in range(100):
+            math.cos(0.5)
+        slices.append(clock() - t)
+        if t > end:
+            break
+    slices.sort()
+    median = slices[len(slices) // 2]
+    return max(0.0, 1.0 - median * len(slices) / sum(slices))
 
 
 # --------------------------------------------------------------------------- pytest hooks
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
-    global _LOAD_AT_START
+    global _LOAD_AT_START, _STALLS_AT_START
     _LOAD_AT_START = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     bs = getattr(config, "_benchmarksession", None)
+    if bs is not None and not bs.disabled and not bs.skip:
+        _STALLS_AT_START = stall_fraction()
     # `--benchmark-skip` comes from addopts; an explicit `--benchmark-disable` asks to run the
     # bodies once, so it wins here (this conftest only loads when bench/ is collected).
     if bs is not None and bs.disabled and bs.skip:
@@ -70,7 +96,11 @@ def _keep_freed_memory() -> None:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: Dict[str, Any]) -> None:
-    machine_info["opkernels"] = environment_info()
+    info = environment_info()
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is not None and not bs.disabled:
+        info["stall_fraction"] = {"start": _STALLS_AT_START, "end": stall_fraction()}
+    machine_info["opkernels"] = info
 
 
 # --------------------------------------------------------------------------- environment
@@ -153,6 +183,7 @@ def environment_info() -> Dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),
         "cores": N_CORES,
+        "rows": ROWS,
         "cpu_count": os.cpu_count(),
         "load_average_start": _LOAD_AT_START,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -8,8 +8,7 @@ full-batch training steps (the steps of ``bench/test_training_step.py``).  The c
 its RSS before training (``VmRSS``: interpreter, framework, data and model) and its peak
 (``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` where there is no ``/proc``); the
 difference is what training adds: activations, gradients, temporaries.  TensorFlow's figure
-includes its own copy of the input (``tf.constant``); the notebook keeps the 784-column images
-and concatenates the bias column every step, as it did.
+includes its own copy of the input (``tf.constant``).
 """
 from __future__ import annotations
 
@@ -29,7 +28,6 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench import REPO_ROOT, RESULTS_DIR, benchmark_env, use_installed_packages  # noqa: E402
 
 IMPLS = (
-    ("notebook-numpy", "float64"),
     ("numpy", "float64"), ("cython", "float64"), ("tensorflow", "float64"), ("torch", "float64"),
     ("numpy", "float32"), ("cython", "float32"), ("tensorflow", "float32"), ("torch", "float32"),
 )
@@ -62,30 +60,24 @@ def child(impl: str, dtype: str, steps: int) -> Dict[str, Any]:
 
     rng = np.random.default_rng(20240602)
     N, D = ts.N, ts.D
-    x = X = None
-    if impl == "notebook-numpy":
-        x = rng.random((N, D), dtype=np.float64)
-    else:
-        X = np.empty((N, D + 1), dtype)
-        for a in range(0, N, 4096):  # in chunks: no full-size temporary in the peak
-            X[a:a + 4096, :D] = rng.random((min(4096, N - a), D), dtype=np.dtype(dtype).type)
-        X[:, D] = 1
+    X = np.empty((N, D + 1), dtype)
+    for a in range(0, N, 4096):  # in chunks: no full-size temporary in the peak
+        X[a:a + 4096, :D] = rng.random((min(4096, N - a), D), dtype=np.dtype(dtype).type)
+    X[:, D] = 1
     Y = np.zeros((N, ts.CLASSES), dtype)
     Y[np.arange(N), rng.integers(0, ts.CLASSES, N)] = 1
     W1 = (rng.standard_normal((D + 1, ts.HIDDEN)) * np.sqrt(2.0 / D)).astype(dtype)
     W1[D] = 0
     W2 = (rng.standard_normal((ts.HIDDEN, ts.CLASSES)) * np.sqrt(2.0 / 110)).astype(dtype)
-    d = ts.Data(x=x, X=X, Y=Y, W1=W1, W2=W2, dW1=None, dW2=None)
+    d = ts.Data(X=X, Y=Y, W1=W1, W2=W2, dW1=None, dW2=None)
 
     if impl in ("numpy", "cython"):
         s = ts.pyops_step(impl, d)
-    elif impl == "notebook-numpy":
-        s = ts.notebook_step(d)
     elif impl == "tensorflow":
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
 
-        s = ts.tensorflow_step(tf, d, xla=False)
+        s = ts.tensorflow_step(tf, d)
     elif impl == "torch":
         import torch
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import RESULTS_DIR, REPO_ROOT, UNSET_FOR_BENCHMARKS, benchmark_env
+from . import RESULTS_DIR, REPO_ROOT, ROWS_VARIABLE, UNSET_FOR_BENCHMARKS, benchmark_env
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 README = REPO_ROOT / "README.md"
@@ -139,7 +139,7 @@ def table(header: List[str], rows: List[List[str]], align: Optional[List[str]] =
 
 
 def _tag(impl: Optional[str], family: str) -> str:
-    """``torch-2t`` -> `` (2t)``, ``tensorflow-xla`` -> `` (xla)`` for the "best of" cells."""
+    """``torch-2t`` -> `` (2t)``, for the "faster of 1 thread and all cores" cells."""
     if not impl:
         return ""
     rest = impl[len(family):].lstrip("-")
@@ -157,15 +157,15 @@ def op_rows(res: Results, dtype: str) -> Tuple[List[List[str]], List[Dict[str, A
                 continue
             g = lambda impl: res.get(group, impl)  # noqa: E731
             t_cy = g(cy)
-            tf_t, tf_i = res.best(group, ["tensorflow", "tensorflow-xla"])
+            tf_t = g("tensorflow")
             th_t, th_i = res.best(group, res.threads("torch"))
             copy_t, copy_i = res.best(group, res.family(group, "copy-limit"))
             peer_t = min([t for t in (tf_t, th_t) if t is not None], default=None)
             cython_cells = [ms(g(i)) for i in res.threads("cython")]
             rows.append([
                 f"{OP_LABEL[op]} {direction}",
-                ms(g("notebook-numpy")), ms(g("numpy")), ms(g("best-numpy")), *cython_cells,
-                ms(tf_t) + _tag(tf_i, "tensorflow"), ms(th_t) + _tag(th_i, "torch"),
+                ms(g("numpy")), ms(g("best-numpy")), *cython_cells,
+                ms(tf_t), ms(th_t) + _tag(th_i, "torch"),
                 ms(copy_t) + _tag(copy_i, "copy-limit"),
                 ratio(g("numpy"), t_cy), ratio(g("best-numpy"), t_cy), ratio(peer_t, t_cy),
                 ratio(copy_t, t_cy, ""),
@@ -173,7 +173,7 @@ def op_rows(res: Results, dtype: str) -> Tuple[List[List[str]], List[Dict[str, A
             cy_best = min([t for t in (g(i) for i in res.threads("cython")) if t is not None], default=None)
             records.append(dict(op=op, direction=direction, dtype=dtype, cython=t_cy, cython_best=cy_best,
                                 numpy=g("numpy"), best_numpy=g("best-numpy"),
-                                notebook=g("notebook-numpy"), tensorflow=tf_t, torch=th_t,
+                                tensorflow=tf_t, torch=th_t,
                                 peer=peer_t, copy=copy_t))
     return rows, records
 
@@ -181,7 +181,7 @@ def op_rows(res: Results, dtype: str) -> Tuple[List[List[str]], List[Dict[str, A
 def op_tables(res: Results) -> Tuple[str, List[Dict[str, Any]]]:
     out, records = [], []
     cy_cols = [f"cython {i.split('-')[-1]}" for i in res.threads("cython")]
-    header = ["op", "notebook numpy", "numpy", "best numpy", *cy_cols, "tensorflow", "torch",
+    header = ["op", "numpy", "best numpy", *cy_cols, "tensorflow", "torch",
               "copy limit", "cython vs numpy", "vs best numpy", "vs fastest peer", "limit fraction"]
     for dtype in ("float64", "float32"):
         rows, recs = op_rows(res, dtype)
@@ -195,7 +195,7 @@ def op_tables(res: Results) -> Tuple[str, List[Dict[str, Any]]]:
 
 
 # --------------------------------------------------------------------------- training step
-TRAIN_ORDER = ["notebook-numpy", "numpy", "cython", "tensorflow", "tensorflow-xla", "torch", "gemm-floor"]
+TRAIN_ORDER = ["numpy", "cython", "tensorflow", "torch", "gemm-floor"]
 
 
 def train_table(res: Results) -> Tuple[str, Dict[str, Any]]:
@@ -206,18 +206,15 @@ def train_table(res: Results) -> Tuple[str, Dict[str, Any]]:
     for family in TRAIN_ORDER:
         expanded = res.threads(family) if family in ("cython", "torch") else [family]
         impls += [i for i in expanded if any(res.get(g, i) is not None for g in groups.values())]
-    nb = res.get(groups.get("float64", ""), "notebook-numpy")
     header = ["implementation"]
     for dt in groups:
         header += [f"{dt} ms", f"{dt} / GEMM floor"]
-    header.append("speedup vs notebook (float64)")
     rows = []
     for impl in impls:
         row = [f"`{impl}`"]
         for g in groups.values():
             t, floor = res.get(g, impl), res.get(g, "gemm-floor")
             row += [ms(t), ratio(t, floor)]
-        row.append(ratio(nb, res.get(groups.get("float64", ""), impl)))
         rows.append(row)
     summary = {dt: {i: res.get(g, i) for i in impls} for dt, g in groups.items()}
     return table(header, rows), summary
@@ -289,6 +286,14 @@ def environment(res: Results) -> str:
         + f"; {unset}.",
         f"- Medians of pytest-benchmark rounds, one pytest session; options `{opts}`.",
     ]
+    stalls = e.get("stall_fraction") or {}
+    if stalls.get("end") is not None:
+        pct = lambda f: "?" if f is None else f"{100 * f:.0f}%"  # noqa: E731
+        lines.append(
+            f"- Machine noise: a fixed pure-Python loop lost {pct(stalls.get('start'))} of its wall "
+            f"time to stalls (the CPU taken away) in 2 s at the start of the run and "
+            f"{pct(stalls.get('end'))} at the end; about 0% on a quiet machine. Medians of short "
+            f"rounds resist such stalls; the long rounds (matmul, training step) are hit most.")
     return "\n".join(lines)
 
 
@@ -316,19 +321,12 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
             if x.get("cython") and x.get("copy"):
                 q = x["cython"] / x["copy"]
                 add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit, f"{q:.2f}x copy")
-        x = r("softmax", "forward")
-        if x.get("cython") and x.get("notebook"):
-            q = x["notebook"] / x["cython"]
-            extra = ""
-            if dtype == "float64":  # the notebook's time in KERNEL_NOTES.md: 1.61 ms
-                extra = f"; {x['cython']:.3f} ms vs 1.61 ms = {1.61 / x['cython']:.1f}x"
-            add(f"softmax forward {dtype} >= 4x faster than notebook numpy", q >= 4, f"{q:.1f}x{extra}")
         x = r("softmax", "backward")
         if x.get("cython") and x.get("torch"):
             q = x["torch"] / x["cython"]
             add(f"softmax backward {dtype} >= 5x faster than torch", q >= 5, f"{q:.1f}x")
         x = r("log", "forward")
-        np_log = min([t for t in (x.get("best_numpy"), x.get("notebook")) if t], default=None)
+        np_log = x.get("best_numpy")
         if x.get("cython") and np_log:
             add(f"log forward {dtype} faster than np.log", x["cython"] < np_log,
                 f"{np_log / x['cython']:.2f}x")
@@ -377,8 +375,7 @@ def chart(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results, pa
             labels.append("train step")
             values["numpy"].append(t["numpy"] / t[res.cython] if t.get("numpy") else np.nan)
             values["best_numpy"].append(np.nan)
-            peers = [x for x in (t.get("tensorflow"), t.get("tensorflow-xla"),
-                                 *(t.get(i) for i in res.threads("torch"))) if x]
+            peers = [x for x in (t.get("tensorflow"), *(t.get(i) for i in res.threads("torch"))) if x]
             values["peer"].append(min(peers) / t[res.cython] if peers else np.nan)
         y = np.arange(len(labels))
         h = 0.8 / len(series)
@@ -415,12 +412,11 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
         "### Ops, full-batch MNIST shapes",
         "",
         "relu on (60000, 100); softmax, log and the fused softmax-cross-entropy on (60000, 10); "
-        "matmul (60000, 785) @ (785, 100), backward = both gradients. *notebook numpy*: the "
-        "original notebook's code; *best numpy*: the fastest numpy form we found; tensorflow and "
-        "torch: the faster of their variants (graph/XLA, 1 thread/all cores, marked); *copy "
-        "limit*: `np.copyto` of the bytes the op reads and writes (the faster of 1 thread/all "
-        "cores, or torch's threaded copy). Speedups are `time(other) / time(cython)`; *limit fraction* is `time(copy) / "
-        "time(cython)`.",
+        "matmul (60000, 785) @ (785, 100), backward = both gradients. *numpy*: this package's "
+        "numpy backend; *best numpy*: the fastest numpy form we found; torch: the faster of 1 "
+        "thread and all cores (marked); *copy limit*: `np.copyto` of the bytes the op reads and "
+        "writes (the faster of 1 thread and all cores). Speedups are `time(other) / "
+        "time(cython)`; *limit fraction* is `time(copy) / time(cython)`.",
         "",
         ops_md,
     ]
@@ -481,13 +477,20 @@ def main(argv: Optional[List[str]] = None) -> int:
             return rc
         doc = json.loads(json_path.read_text())
         doc["opkernels_options"] = PYTEST_BENCHMARK_OPTIONS
-        json_path.write_text(json.dumps(doc, indent=2))
+        for b in doc.get("benchmarks", []):  # every round's time: megabytes; the stats stay
+            b.get("stats", {}).pop("data", None)
+        json_path.write_text(json.dumps(doc, indent=1) + "\n")
     if args.with_training:
         for module, out in (("bench.memory", "memory.json"), ("bench.time_to_accuracy", "time_to_accuracy.json")):
             if run_script(module, ["--out", str(RESULTS_DIR / out)]) != 0:
                 print(f"{module} failed; its table is left out or stale", file=sys.stderr)
 
     res = Results(json.loads(json_path.read_text()))
+    rows = res.env.get("rows", 60_000)
+    if rows != 60_000:
+        print(f"{json_path} was run on {rows} rows ({ROWS_VARIABLE}), not MNIST's 60000: "
+              "its times say nothing about full-batch MNIST; not rendered", file=sys.stderr)
+        return 2
     section, target_md = render(res, RESULTS_DIR)
     ops_md, records = op_tables(res)
     _, train = train_table(res)

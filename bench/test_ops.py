@@ -8,26 +8,22 @@ benchmark per implementation:
 ``numpy``, ``cython-1t``, ``cython-<cores>t``
     This package's backends (``pyops.get_ops``), ``out=`` buffers preallocated; backward is
     timed alone (forward ran once in setup).  ``-Nt``: ``kernels.set_num_threads(N)``.
-``notebook-numpy``
-    The original notebook's code (``np.where`` relu, ``exp / sum`` softmax without the max,
-    the batched ``N x c x c`` Jacobian for its backward). No fused cross-entropy there.
 ``best-numpy``
     The fastest plain-numpy form of the same math we found, with ``out=`` everywhere, so the
     reference is not a straw man (see :func:`best_numpy`).
-``tensorflow``, ``tensorflow-xla``
+``tensorflow``
     The TensorFlow op (``tf.nn.relu``, ``tf.nn.softmax``, ...; eager when it is one op, else a
     ``tf.function``), the gradient as TensorFlow's registered gradient computes it (the raw
-    ``ReluGrad`` op, ``_SoftmaxGrad``'s formula, ...); ``-xla``: the same under
-    ``tf.function(jit_compile=True)``, which fuses elementwise ops. Tensors made in setup.
+    ``ReluGrad`` op, ``_SoftmaxGrad``'s formula, ...). Tensors made in setup.
 ``torch-1t``, ``torch-<cores>t``
     PyTorch CPU with ``out=`` (``aten.relu.out``, ``aten._softmax.out``,
     ``aten._softmax_backward_data.out``, ``aten.threshold_backward``); the cross-entropy's
     backward is autograd's. ``torch.from_numpy`` in setup; ``-Nt``: ``torch.set_num_threads``.
-``copy-limit-1t``, ``copy-limit-<cores>t``, ``copy-limit-torch-<cores>t``
+``copy-limit-1t``, ``copy-limit-<cores>t``
     **Not the op**: ``np.copyto`` of as many bytes as the op reads plus writes (split into one
-    contiguous chunk per Python thread for ``-<cores>t``; ``torch.Tensor.copy_`` on its OpenMP
-    threads for ``-torch-``, whose start-up costs less on small arrays), the memory-bandwidth
-    limit of a memory-bound kernel; the report takes the fastest.  Read + written per element of the op's array: forward of relu,
+    contiguous chunk per Python thread for ``-<cores>t``), the memory-bandwidth limit of a
+    memory-bound kernel; the report takes the faster.  Read + written per element of the op's
+    array: forward of relu,
     softmax and log reads x and writes y (2 arrays: copy of 1x the array, which reads 1 and
     writes 1); their backward and the cross-entropy backward read two arrays and write one
     (3 arrays: copy of 1.5x); the cross-entropy forward reads logits and labels and writes the
@@ -39,7 +35,6 @@ threads and the bytes the op moves.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -49,15 +44,13 @@ import numpy as np
 import pytest
 
 import pyops
+from bench import N_CORES, ROWS as N, THREAD_COUNTS, split_impl  # N: 60000 (bench/__init__)
 
-N, HIDDEN, CLASSES, FEATURES = 60_000, 100, 10, 785
+HIDDEN, CLASSES, FEATURES = 100, 10, 785
 EPS = 1e-12
 DTYPES = ("float64", "float32")
 OPS = ("relu", "softmax", "log", "xent", "matmul")
 DIRECTIONS = ("forward", "backward")
-#: All cores this process may use; the thread counts benchmarked are 1 and this.
-N_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-THREAD_COUNTS = sorted({1, N_CORES})
 #: Relative tolerance against the float64 reference, and absolute tolerance as a fraction of
 #: the reference's largest magnitude (sums of 60000 float32 terms need the latter).
 TOL = {"float64": (1e-9, 1e-11), "float32": (2e-4, 2e-5)}
@@ -71,20 +64,17 @@ ARRAYS_MOVED = {
 
 
 def implementations() -> List[str]:
-    impls = ["notebook-numpy", "numpy", "best-numpy"]
+    impls = ["numpy", "best-numpy"]
     impls += [f"cython-{t}t" for t in THREAD_COUNTS]
-    impls += ["tensorflow", "tensorflow-xla"]
+    impls += ["tensorflow"]
     impls += [f"torch-{t}t" for t in THREAD_COUNTS]
     impls += [f"copy-limit-{t}t" for t in THREAD_COUNTS]
-    impls += [f"copy-limit-torch-{N_CORES}t"] if N_CORES > 1 else []
     return impls
 
 
 def applies(impl: str, op: str) -> bool:
     if impl.startswith("copy-limit"):
         return op != "matmul"
-    if impl == "notebook-numpy":
-        return op != "xent"
     return True
 
 
@@ -255,40 +245,6 @@ def pyops_case(backend: str, op: str, direction: str, d: Data) -> Case:
     return Case(o.backward, (g,), {"out": buffer("out", x)})
 
 
-def notebook_case(op: str, direction: str, d: Data) -> Case:
-    """The original notebook's numpy code (``../shared/seed``), allocations and all."""
-    x, g = d.inputs["x"], d.inputs["g"]
-    if op == "relu":
-        if direction == "forward":
-            return Case(lambda x: np.where(x > 0, x, np.zeros_like(x)), (x,))
-        # the notebook casts the mask to float32 whatever the dtype
-        return Case(lambda x, g: (x > 0).astype(np.float32) * g, (x, g))
-    if op == "softmax":
-        def forward(x):
-            x_exp = np.exp(x)
-            return x_exp / (np.sum(x_exp, axis=1, keepdims=True) + 1e-12)
-
-        if direction == "forward":
-            return Case(forward, (x,))
-
-        def backward(s, grad_y):
-            sisj = np.matmul(np.expand_dims(s, axis=2), np.expand_dims(s, axis=1))
-            tmp = np.squeeze(np.matmul(np.expand_dims(grad_y, axis=1), sisj), axis=1)
-            return -tmp + grad_y * s
-
-        return Case(backward, (forward(x), g))
-    if op == "log":
-        if direction == "forward":
-            return Case(lambda x: np.log(x + 1e-12), (x,))
-        return Case(lambda x, g: 1.0 / (x + 1e-12) * g, (x, g))
-    if op == "matmul":
-        W = d.inputs["W"]
-        if direction == "forward":
-            return Case(np.matmul, (x, W))
-        return Case(lambda x, W, g: (np.dot(g, W.T), np.dot(x.T, g)), (x, W, g))
-    raise ValueError(op)
-
-
 def best_numpy(op: str, direction: str, d: Data) -> Case:
     """The fastest plain-numpy form of each op we found (ufuncs with ``out=``, no temporaries).
 
@@ -390,26 +346,21 @@ def best_numpy(op: str, direction: str, d: Data) -> Case:
     raise ValueError(op)
 
 
-def tensorflow_case(tf: Any, op: str, direction: str, d: Data, xla: bool) -> Case:
-    """TensorFlow's op and TensorFlow's own gradient formula; ``xla``: all under XLA."""
+def tensorflow_case(tf: Any, op: str, direction: str, d: Data) -> Case:
+    """TensorFlow's op and TensorFlow's own gradient formula."""
     T = tf_tensors(tf, d)
     x, g = T["x"], T["g"]
-
-    def function(f):
-        return tf.function(f, jit_compile=True) if xla else tf.function(f)
-
-    def eager_or_function(f):  # one op: eager is as fast, and has less call overhead
-        return function(f) if xla else f
+    function = tf.function  # several ops; a single op runs eager (as fast, less call overhead)
 
     numpy_result = lambda r: r.numpy()  # noqa: E731
     if op == "relu":
         if direction == "forward":
-            return Case(eager_or_function(tf.nn.relu), (x,), result=numpy_result)
+            return Case(tf.nn.relu, (x,), result=numpy_result)
         relu_grad = lambda g, x: tf.raw_ops.ReluGrad(gradients=g, features=x)  # noqa: E731
-        return Case(eager_or_function(relu_grad), (g, x), result=numpy_result)
+        return Case(relu_grad, (g, x), result=numpy_result)
     if op == "softmax":
         if direction == "forward":
-            return Case(eager_or_function(tf.nn.softmax), (x,), result=numpy_result)
+            return Case(tf.nn.softmax, (x,), result=numpy_result)
 
         def softmax_grad(s, g):  # TensorFlow's registered gradient of Softmax (nn_grad.py)
             return (g - tf.reduce_sum(g * s, -1, keepdims=True)) * s
@@ -435,7 +386,7 @@ def tensorflow_case(tf: Any, op: str, direction: str, d: Data, xla: bool) -> Cas
     if op == "matmul":
         W = T["W"]
         if direction == "forward":
-            return Case(eager_or_function(tf.matmul), (x, W), result=numpy_result)
+            return Case(tf.matmul, (x, W), result=numpy_result)
 
         def matmul_grad(x, W, g):
             return tf.matmul(g, W, transpose_b=True), tf.matmul(x, g, transpose_a=True)
@@ -527,14 +478,6 @@ class ParallelCopy:
 
 
 # --------------------------------------------------------------------------- the benchmark
-def _family(impl: str) -> Tuple[str, Optional[int]]:
-    """``"cython-2t"`` -> ``("cython", 2)``; ``"tensorflow"`` -> ``("tensorflow", None)``."""
-    name, _, suffix = impl.rpartition("-")
-    if name and suffix.endswith("t") and suffix[:-1].isdigit():
-        return name, int(suffix[:-1])
-    return impl, None
-
-
 def _check(got: Any, want: Any, dtype: str, what: str) -> None:
     rtol, atol_frac = TOL[dtype]
     if isinstance(want, tuple):
@@ -557,7 +500,7 @@ def _check(got: Any, want: Any, dtype: str, what: str) -> None:
     "op,direction,dtype,impl", CASES, ids=[f"{o}-{di}-{dt}-{i}" for o, di, dt, i in CASES]
 )
 def test_op(benchmark, request, use_threads, op, direction, dtype, impl):
-    family, threads = _family(impl)
+    family, threads = split_impl(impl)
     benchmark.group = f"{op}-{direction}-{dtype}"
     d = data(op, dtype)
     itemsize = np.dtype(dtype).itemsize
@@ -573,16 +516,9 @@ def test_op(benchmark, request, use_threads, op, direction, dtype, impl):
         src = buffer("copy-src", d.inputs["x"], (n,))
         src.fill(1)
         dst = buffer("copy-dst", src)
-        if family == "copy-limit-torch":
-            torch = request.getfixturevalue("torch")
-            use_threads("torch", threads)
-            S, D = torch.from_numpy(src), torch.from_numpy(dst)
-            copy = lambda: D.copy_(S)  # noqa: E731
-            note = f"torch copy_ of {n} elements, {threads} threads"
-        else:
-            copy = ParallelCopy(dst, src, threads)
-            request.addfinalizer(copy.close)
-            note = f"np.copyto of {n} elements, {threads} thread(s)"
+        copy = ParallelCopy(dst, src, threads)
+        request.addfinalizer(copy.close)
+        note = f"np.copyto of {n} elements, {threads} thread(s)"
         if not benchmark.disabled:
             copy()  # touch dst's pages and start the threads outside the timing
         benchmark.extra_info.update(threads=threads, note=note)
@@ -599,15 +535,12 @@ def test_op(benchmark, request, use_threads, op, direction, dtype, impl):
     elif family == "numpy":
         case = pyops_case("numpy", op, direction, d)
         case.threads = numpy_threads
-    elif family == "notebook-numpy":
-        case = notebook_case(op, direction, d)
-        case.threads = numpy_threads
     elif family == "best-numpy":
         case = best_numpy(op, direction, d)
         case.threads = numpy_threads
-    elif family in ("tensorflow", "tensorflow-xla"):
+    elif family == "tensorflow":
         tf = request.getfixturevalue("tf")
-        case = tensorflow_case(tf, op, direction, d, xla=family.endswith("xla"))
+        case = tensorflow_case(tf, op, direction, d)
         case.threads = tf.config.threading.get_intra_op_parallelism_threads() or N_CORES
     elif family == "torch":
         torch = request.getfixturevalue("torch")

@@ -12,13 +12,8 @@ Group ``train-step-<dtype>``:
 
 ``numpy``, ``cython-1t``, ``cython-<cores>t``
     ``pyops.train_one_step(MLP(backend, dtype), model.prepare(x), y)``.
-``notebook-numpy`` (float64 only)
-    The original notebook's loop: rebuilds the bias column every step, computes the unused
-    input gradient, the ``N x c x c`` softmax Jacobian. (Its float32 would compute in float64:
-    the bias column it concatenates is float64.)
-``tensorflow``, ``tensorflow-xla``
-    A ``tf.function`` (``jit_compile=True`` for ``-xla``) doing the same step with
-    ``GradientTape`` and ``assign_sub``.
+``tensorflow``
+    A ``tf.function`` doing the same step with ``GradientTape`` and ``assign_sub``.
 ``torch-1t``, ``torch-<cores>t``
     PyTorch eager with autograd (``torch.autograd.grad``) and an in-place update.
 ``gemm-floor``
@@ -30,7 +25,6 @@ weights are checked against a float64 numpy reference (correctness only).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
@@ -39,20 +33,19 @@ import pytest
 
 import pyops
 
-N, D, HIDDEN, CLASSES = 60_000, 784, 100, 10
+from bench import N_CORES, ROWS as N, THREAD_COUNTS, split_impl
+
+D, HIDDEN, CLASSES = 784, 100, 10
 LR = 1e-5
 EPS = 1e-12
 DTYPES = ("float64", "float32")
-N_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-THREAD_COUNTS = sorted({1, N_CORES})
 #: tolerance on the weight change of one step, as a fraction of its largest magnitude
 TOL = {"float64": 1e-9, "float32": 2e-3}
 
 
 def implementations(dtype: str):
-    impls = ["notebook-numpy"] if dtype == "float64" else []
-    impls += ["numpy"] + [f"cython-{t}t" for t in THREAD_COUNTS]
-    impls += ["tensorflow", "tensorflow-xla"] + [f"torch-{t}t" for t in THREAD_COUNTS]
+    impls = ["numpy"] + [f"cython-{t}t" for t in THREAD_COUNTS]
+    impls += ["tensorflow"] + [f"torch-{t}t" for t in THREAD_COUNTS]
     return impls + ["gemm-floor"]
 
 
@@ -62,7 +55,6 @@ CASES = [(dtype, impl) for dtype in DTYPES for impl in implementations(dtype)]
 # --------------------------------------------------------------------------- data
 @dataclass
 class Data:
-    x: np.ndarray        # (N, 784) images in [0, 1) (a view of X's first columns)
     X: np.ndarray        # (N, 785) with the bias column
     Y: np.ndarray        # (N, 10) one-hot
     W1: np.ndarray       # (785, 100) initial weights
@@ -108,7 +100,6 @@ def data(dtype: str) -> Data:
     for a in range(0, N, 4096):
         X[a:a + 4096, :D] = rng.random((min(4096, N - a), D))
     X[:, D] = 1
-    x = X[:, :D]  # the images: a view, as the notebook reads them
     Y = np.zeros((N, CLASSES), dtype)
     Y[np.arange(N), rng.integers(0, CLASSES, N)] = 1
     W1 = rng.standard_normal((D + 1, HIDDEN)) * np.sqrt(2.0 / D)
@@ -116,7 +107,7 @@ def data(dtype: str) -> Data:
     W2 = rng.standard_normal((HIDDEN, CLASSES)) * np.sqrt(2.0 / (HIDDEN + CLASSES))
     W1, W2 = W1.astype(dtype), W2.astype(dtype)
     dW1, dW2 = reference_step(X, Y, W1, W2)
-    _DATA[dtype] = Data(x, X, Y, W1, W2, dW1, dW2)
+    _DATA[dtype] = Data(X, Y, W1, W2, dW1, dW2)
     return _DATA[dtype]
 
 
@@ -145,43 +136,7 @@ def pyops_step(backend: str, d: Data) -> Step:
                 lambda: (model.W1.copy(), model.W2.copy()))
 
 
-def notebook_step(d: Data) -> Step:
-    """The original notebook's ``myModel`` and ``train_one_step`` (``../shared/seed``)."""
-    W = {}
-
-    def reset():
-        W["W1"], W["W2"] = d.W1.copy(), d.W2.copy()
-
-    def step():
-        x = d.x.reshape(-1, 28 * 28)
-        x = np.concatenate([x, np.ones(shape=[x.shape[0], 1])], axis=1)
-        W1, W2 = W["W1"], W["W2"]
-        h1 = np.matmul(x, W1)
-        h1_relu = np.where(h1 > 0, h1, np.zeros_like(h1))
-        h2 = np.matmul(h1_relu, W2)
-        x_exp = np.exp(h2)
-        h2_soft = x_exp / (np.sum(x_exp, axis=1, keepdims=True) + 1e-12)
-        h2_log = np.log(h2_soft + 1e-12)
-        # backward from -label, as the notebook
-        h2_log_grad = 1.0 / (h2_soft + 1e-12) * -d.Y
-        s = h2_soft
-        sisj = np.matmul(np.expand_dims(s, axis=2), np.expand_dims(s, axis=1))
-        tmp = np.squeeze(np.matmul(np.expand_dims(h2_log_grad, axis=1), sisj), axis=1)
-        h2_soft_grad = -tmp + h2_log_grad * s
-        h2_grad, W2_grad = np.dot(h2_soft_grad, W2.T), np.dot(h1_relu.T, h2_soft_grad)
-        h1_relu_grad = (h1 > 0).astype(np.float32) * h2_grad
-        _h1_grad, W1_grad = np.dot(h1_relu_grad, W1.T), np.dot(x.T, h1_relu_grad)
-        W["W1"] = W1 - 1e-5 * W1_grad
-        W["W2"] = W2 - 1e-5 * W2_grad
-        loss = np.mean(np.sum(-h2_log * d.Y, axis=1))
-        accuracy = np.mean(np.argmax(h2_log, axis=1) == np.argmax(d.Y, axis=1))
-        return loss, accuracy
-
-    reset()
-    return Step(step, reset, lambda: (W["W1"], W["W2"]))
-
-
-def tensorflow_step(tf: Any, d: Data, xla: bool) -> Step:
+def tensorflow_step(tf: Any, d: Data) -> Step:
     X, Y = tf.constant(d.X), tf.constant(d.Y)
     W1, W2 = tf.Variable(d.W1), tf.Variable(d.W2)
     lr = tf.constant(LR, dtype=X.dtype)
@@ -197,7 +152,7 @@ def tensorflow_step(tf: Any, d: Data, xla: bool) -> Step:
         correct = tf.equal(tf.argmax(log_prob, 1), tf.argmax(Y, 1))
         return loss_sum / X.shape[0], tf.reduce_mean(tf.cast(correct, X.dtype))
 
-    fn = tf.function(step, jit_compile=True) if xla else tf.function(step)
+    fn = tf.function(step)
 
     def reset():
         W1.assign(d.W1)
@@ -231,16 +186,9 @@ def torch_step(torch: Any, d: Data) -> Step:
     return Step(step, reset, lambda: (W1.detach().numpy().copy(), W2.detach().numpy().copy()))
 
 
-def _family(impl: str):
-    name, _, suffix = impl.rpartition("-")
-    if name and suffix.endswith("t") and suffix[:-1].isdigit():
-        return name, int(suffix[:-1])
-    return impl, None
-
-
 @pytest.mark.parametrize("dtype,impl", CASES, ids=[f"{dt}-{i}" for dt, i in CASES])
 def test_train_step(benchmark, request, use_threads, dtype, impl):
-    family, threads = _family(impl)
+    family, threads = split_impl(impl)
     benchmark.group = f"train-step-{dtype}"
     benchmark.extra_info.update(op="train-step", dtype=dtype, impl=impl, family=family)
     d = data(dtype)
@@ -269,11 +217,9 @@ def test_train_step(benchmark, request, use_threads, dtype, impl):
         if family == "cython":
             use_threads("cython", threads)
         s = pyops_step(family, d)
-    elif family == "notebook-numpy":
-        s = notebook_step(d)
-    elif family in ("tensorflow", "tensorflow-xla"):
+    elif family == "tensorflow":
         tf = request.getfixturevalue("tf")
-        s = tensorflow_step(tf, d, xla=family.endswith("xla"))
+        s = tensorflow_step(tf, d)
         threads = tf.config.threading.get_intra_op_parallelism_threads() or N_CORES
     elif family == "torch":
         torch = request.getfixturevalue("torch")
