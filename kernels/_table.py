@@ -53,3 +53,11 @@ def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
 def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -> np.ndarray:
     _k.scaled_difference(s.reshape(-1), y.reshape(-1), scale, out.reshape(-1))
     return out
+
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, b1: float, b2: float,
+                eps: float, decay: float, step_size: float, inv_root_c2: float,
+                work: tuple) -> None:
+    # C-contiguous p, g, m, v of one dtype (checked by pyops.model.Adam); `work` is for numpy
+    _k.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2, eps,
+                   decay, step_size, inv_root_c2)

@@ -78,3 +78,38 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
     np.subtract(s, y, out=out)
     out *= s.dtype.type(scale)
     return out
+
+
+def _flush_subnormals(a: np.ndarray, scratch: np.ndarray, mask: np.ndarray) -> None:
+    """Set the entries of ``a`` smaller in magnitude than the smallest normal float to 0."""
+    np.abs(a, out=scratch)
+    np.less(scratch, np.finfo(a.dtype).tiny, out=mask)
+    np.copyto(a, 0, where=mask)
+
+
+def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, b1: float, b2: float,
+                eps: float, decay: float, step_size: float, inv_root_c2: float,
+                work: tuple) -> None:
+    """One Adam update in place (see :class:`pyops.model.Adam`); ``work = (scratch, bool mask)``.
+
+    ``m += (1 - b1) (g - m)``, ``v += (1 - b2) (g^2 - v)``, each with subnormals set to 0,
+    then ``p = p * decay - step_size * m / (sqrt(v) * inv_root_c2 + eps)``.
+    """
+    tmp, small = work
+    np.subtract(g, m, out=tmp)
+    tmp *= 1.0 - b1
+    m += tmp
+    _flush_subnormals(m, tmp, small)
+    np.square(g, out=tmp)
+    tmp -= v
+    tmp *= 1.0 - b2
+    v += tmp
+    _flush_subnormals(v, tmp, small)
+    np.sqrt(v, out=tmp)
+    tmp *= inv_root_c2
+    tmp += eps
+    np.divide(m, tmp, out=tmp)
+    tmp *= step_size
+    if decay != 1.0:
+        p *= decay
+    p -= tmp

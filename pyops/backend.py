@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Iterator, Optional, Tuple
 
 BACKENDS: Tuple[str, ...] = ("numpy", "cython")
@@ -46,6 +46,16 @@ def get_ops(name: Optional[str] = None) -> SimpleNamespace:
     name = _check_name(get_backend() if name is None else name)
     module = importlib.import_module(_MODULES[name])
     return SimpleNamespace(backend=name, **{op: getattr(module, op) for op in OP_NAMES})
+
+
+def get_kernels(name: Optional[str] = None) -> ModuleType:
+    """The kernel table behind backend ``name``'s ops (default: the active backend).
+
+    ``pyops._numpy_kernels`` or the compiled ``kernels._table``: the arithmetic the op
+    classes call, and the fused update :class:`pyops.model.Adam` runs.  Same errors as
+    :func:`get_ops`.
+    """
+    return get_ops(name).Relu._kernels
 
 
 def available_backends() -> Tuple[str, ...]:

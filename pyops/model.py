@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .backend import get_ops
+from .backend import get_kernels, get_ops
 
 __all__ = [
     "MLP", "train_one_step", "test", "add_bias_column", "compute_loss", "compute_accuracy",
@@ -595,13 +595,19 @@ class _Optimizer:
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         self.lr = float(lr)
-        self._tmp = [np.empty_like(p) for p in self.params]
+        self._tmp = [np.empty(p.shape, p.dtype) for p in self.params]
 
-    def _grads(self, grads: Any) -> List[np.ndarray]:
+    def _grads(self, grads: Any, contiguous: bool = False) -> List[np.ndarray]:
+        where = f"{type(self).__name__}.step"
         gs = _as_list(grads)
-        if len(gs) != len(self.params) or any(g.shape != p.shape for g, p in zip(gs, self.params)):
-            raise ValueError(f"{type(self).__name__}.step: grads must match params one to one in shape")
-        return gs
+        if len(gs) != len(self.params) or any(
+            not isinstance(g, np.ndarray) or g.shape != p.shape for g, p in zip(gs, self.params)
+        ):
+            raise ValueError(f"{where}: grads must be arrays matching params one to one in shape")
+        for g, p in zip(gs, self.params):
+            if g.dtype != p.dtype:
+                raise TypeError(f"{where}: a gradient has dtype {g.dtype}, its parameter {p.dtype}")
+        return [np.ascontiguousarray(g) for g in gs] if contiguous else gs
 
 
 class SGD(_Optimizer):
@@ -647,13 +653,6 @@ class SGD(_Optimizer):
             p -= tmp
 
 
-def _flush_subnormals(a: np.ndarray, scratch: np.ndarray, mask: np.ndarray) -> None:
-    """Set the entries of ``a`` smaller in magnitude than the smallest normal float to 0."""
-    np.abs(a, out=scratch)
-    np.less(scratch, np.finfo(a.dtype).tiny, out=mask)
-    np.copyto(a, 0, where=mask)
-
-
 class Adam(_Optimizer):
     """Adam (Kingma & Ba), with decoupled weight decay (AdamW) if asked, in place.
 
@@ -679,11 +678,15 @@ class Adam(_Optimizer):
     eps : float, default 1e-8
     weight_decay : float, default 0
         Decoupled decay: ``p -= lr * weight_decay * p`` each step.
+    backend : {"numpy", "cython"}, optional
+        Whose update runs (default: the active backend, as for :class:`MLP`): numpy's
+        twenty array operations, or the compiled kernel's single pass over ``p``, ``g``, ``m``
+        and ``v`` (the same arithmetic; it needs C-contiguous ``params``).
 
     Examples
     --------
     >>> p = np.array([5.0, -3.0])
-    >>> opt = Adam(p, lr=0.1)
+    >>> opt = Adam(p, lr=0.1, backend="numpy")
     >>> for _ in range(500):
     ...     opt.step(2 * p)           # gradient of sum(p**2)
     >>> bool(np.all(np.abs(p) < 1e-2))
@@ -691,44 +694,36 @@ class Adam(_Optimizer):
     """
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0):
+                 eps: float = 1e-8, weight_decay: float = 0.0, backend: Optional[str] = None):
         super().__init__(params, lr)
+        self.backend: str = get_ops(backend).backend
+        self._kernels = get_kernels(self.backend)
+        if self._kernels.CONTIGUOUS_INPUTS and not all(p.flags.c_contiguous for p in self.params):
+            raise ValueError(
+                f"Adam: the {self.backend} backend updates C-contiguous params in place; got an "
+                "array with other strides (pass a contiguous array, or backend='numpy')"
+            )
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
         self.betas, self.eps, self.weight_decay = (b1, b2), float(eps), float(weight_decay)
         self.t = 0
-        self._m = [np.zeros_like(p) for p in self.params]
-        self._v = [np.zeros_like(p) for p in self.params]
-        self._small = [np.empty(p.shape, bool) for p in self.params]
+        self._m = [np.zeros(p.shape, p.dtype) for p in self.params]
+        self._v = [np.zeros(p.shape, p.dtype) for p in self.params]
+        self._work = [(tmp, np.empty(tmp.shape, bool)) for tmp in self._tmp]
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""
         lr = self.lr if lr is None else float(lr)
-        gs = self._grads(grads)
+        gs = self._grads(grads, contiguous=self._kernels.CONTIGUOUS_INPUTS)
         self.t += 1
         b1, b2 = self.betas
         step_size = lr / (1.0 - b1 ** self.t)
         inv_root_c2 = 1.0 / math.sqrt(1.0 - b2 ** self.t)
-        for p, g, m, v, tmp, small in zip(self.params, gs, self._m, self._v, self._tmp,
-                                          self._small):
-            np.subtract(g, m, out=tmp)        # m += (1 - b1) (g - m)
-            tmp *= 1.0 - b1
-            m += tmp
-            _flush_subnormals(m, tmp, small)
-            np.square(g, out=tmp)             # v += (1 - b2) (g^2 - v)
-            tmp -= v
-            tmp *= 1.0 - b2
-            v += tmp
-            _flush_subnormals(v, tmp, small)
-            np.sqrt(v, out=tmp)               # sqrt(v_hat) + eps
-            tmp *= inv_root_c2
-            tmp += self.eps
-            np.divide(m, tmp, out=tmp)
-            tmp *= step_size
-            if self.weight_decay:
-                p *= 1.0 - lr * self.weight_decay
-            p -= tmp
+        decay = 1.0 - lr * self.weight_decay
+        for p, g, m, v, work in zip(self.params, gs, self._m, self._v, self._work):
+            self._kernels.adam_update(p, g, m, v, b1, b2, self.eps, decay, step_size,
+                                      inv_root_c2, work)
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0,

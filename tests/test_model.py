@@ -381,7 +381,7 @@ def test_adam_training_on_separable_data_reaches_high_accuracy(backend, dtype):
     model = MLP(backend, dtype, loss="xent", init="he", seed=0, n_in=16, n_hidden=10, n_out=3)
     X = model.prepare(x)
     first, acc0 = pyops.test(model, X, y)
-    opt = Adam(model.params, lr=1e-2)
+    opt = Adam(model.params, lr=1e-2, backend=backend)
     for _ in range(150):
         model.forward(X, y)
         model.backward(y)
@@ -438,37 +438,37 @@ def test_save_and_load_round_trip(tmp_path):
 # ----------------------------------------------------------------------- optimizers
 
 
-def test_adam_converges_on_a_quadratic():
+def test_adam_converges_on_a_quadratic(backend):
     c = np.array([1.0, -2.0, 3.0])
     a = np.array([1.0, 10.0, 100.0])  # badly conditioned
     p = np.zeros(3)
-    opt = Adam(p, lr=0.05)
+    opt = Adam(p, lr=0.05, backend=backend)
     for _ in range(2000):
         opt.step(2 * a * (p - c))
     np.testing.assert_allclose(p, c, atol=1e-3)
     assert opt.t == 2000
 
 
-def test_adam_first_step_is_lr_times_sign():
+def test_adam_first_step_is_lr_times_sign(backend):
     p = np.array([1.0, -1.0], np.float32)
-    Adam(p, lr=0.1).step(np.array([3.0, -0.01], np.float32))
+    Adam(p, lr=0.1, backend=backend).step(np.array([3.0, -0.01], np.float32))
     np.testing.assert_allclose(p, [0.9, -0.9], rtol=1e-5)
     assert p.dtype == np.float32
 
 
-def test_adam_weight_decay_shrinks_without_gradient():
+def test_adam_weight_decay_shrinks_without_gradient(backend):
     p = np.ones(4)
-    opt = Adam(p, lr=0.1, weight_decay=0.5)
+    opt = Adam(p, lr=0.1, weight_decay=0.5, backend=backend)
     opt.step(np.zeros(4))
     np.testing.assert_allclose(p, 0.95)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_moments_never_stay_subnormal(dtype):
+def test_adam_moments_never_stay_subnormal(backend, dtype):
     # One gradient, then zeros: m decays by 0.9 a step and, unflushed, would stick at the
     # smallest subnormal (0.9 * it rounds back to it), which makes every later step slow.
     p = np.zeros(3, dtype)
-    opt = Adam(p, lr=1e-3)
+    opt = Adam(p, lr=1e-3, backend=backend)
     tiny = np.finfo(dtype).tiny
     opt.step(np.array([1.0, -1e-3 * np.sqrt(tiny), 0.0], dtype))   # its square is subnormal
     for _ in range(8000):
@@ -477,6 +477,50 @@ def test_adam_moments_never_stay_subnormal(dtype):
             assert not np.any((moment != 0) & (np.abs(moment) < tiny))
     assert opt._m[0][0] == 0          # decayed all the way to zero, not stuck above it
     assert opt._v[0][1] == 0          # (1 - b2) g^2 was subnormal: flushed at once
+
+
+@needs_cython
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_backends_agree(dtype):
+    # 40000 elements: the compiled update runs its threaded path (above 32768 elements) too.
+    rng = np.random.default_rng(3)
+    shapes = [(200, 200), (7,)]
+    init = [rng.standard_normal(sh).astype(dtype) for sh in shapes]
+    params = {b: [a.copy() for a in init] for b in ("numpy", "cython")}
+    opts = {b: Adam(params[b], lr=0.01, weight_decay=0.1, backend=b) for b in ("numpy", "cython")}
+    for step in range(20):
+        grads = [rng.standard_normal(sh).astype(dtype) * 10.0 ** -step for sh in shapes]
+        grads[0][:50] = 0.0                       # rows without gradient: decaying moments
+        for b in ("numpy", "cython"):
+            before = [g.copy() for g in grads]
+            opts[b].step(grads, lr=0.01 * (1 - step / 20))
+            assert all(np.array_equal(g, h) for g, h in zip(grads, before))  # inputs untouched
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(*params.values()):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    for m_a, m_b in zip(opts["numpy"]._m + opts["numpy"]._v, opts["cython"]._m + opts["cython"]._v):
+        # near a sign change of m, rounding differences (the C loop may fuse a multiply-add)
+        # are large relative to m itself but not to the moment's scale
+        np.testing.assert_allclose(m_a, m_b, rtol=tol, atol=tol * np.abs(m_a).max())
+
+
+def test_adam_rejects_what_it_cannot_update(backend):
+    p = np.zeros((4, 3))
+    with pytest.raises(TypeError, match=r"Adam.step: a gradient has dtype float32, its parameter float64"):
+        Adam(p, backend=backend).step(np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"Adam.step: grads must be arrays matching params"):
+        Adam(p, backend=backend).step(np.zeros((3, 4)))
+    g = np.ones((3, 4)).T                         # any strides are fine for a gradient
+    opt = Adam(p, lr=0.1, backend=backend)
+    opt.step(g)
+    np.testing.assert_allclose(p, -0.1)
+    if backend == "cython":
+        with pytest.raises(ValueError, match=r"C-contiguous params.*backend='numpy'"):
+            Adam(np.zeros((3, 4)).T, backend="cython")
+    else:
+        q = np.zeros((3, 4)).T
+        Adam(q, lr=0.1, backend="numpy").step(np.ones((4, 3)))
+        np.testing.assert_allclose(q, -0.1)
 
 
 def test_sgd_is_the_notebook_update_and_momentum_converges():
