@@ -328,9 +328,9 @@ def set_blas_threads(n: int) -> Optional[int]:
     return previous
 
 
-def _make_optimizer(cfg: Dict[str, Any], params: np.ndarray):
+def _make_optimizer(cfg: Dict[str, Any], params: np.ndarray, backend: str):
     if cfg["optimizer"] == "adam":
-        return Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], backend=backend)
     return SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
 
@@ -392,7 +392,7 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
     shuffle_rng = np.random.default_rng(shuffle_seq)
     model = MLP(ops.backend, dtype, loss=cfg["loss"], init=cfg["init"],
                 rng=np.random.default_rng(init_seq), n_in=n_in)
-    optimizer = _make_optimizer(cfg, model.params)
+    optimizer = _make_optimizer(cfg, model.params, model.backend)
 
     n = X.shape[0]
     batch = n if cfg["batch_size"] in (0, None) or cfg["batch_size"] >= n else cfg["batch_size"]
@@ -419,6 +419,9 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
     epochs_bar = tqdm(total=cfg["epochs"], desc="train", unit="epoch", disable=quiet or not full,
                       leave=False)
     step = 0
+    # Every step's wall time: their median is the speed of the code, which the total (also
+    # printed) is not on a machine whose CPU is sometimes taken away for long stalls.
+    step_times = np.empty(total_steps)
     start = time.perf_counter()
     for epoch in range(cfg["epochs"]):
         bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False,
@@ -428,6 +431,7 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
         loss_sum = 0.0
         correct = 0
         for s in range(steps):
+            t_step = time.perf_counter()
             if full:
                 xb, yb, lb = X, Y, labels
             else:
@@ -440,6 +444,7 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
             correct += int(np.count_nonzero(np.argmax(model.scores(), axis=1) == lb))
             model.backward(yb)
             optimizer.step(model.grads, lr_at(step))
+            step_times[step] = time.perf_counter() - t_step
             step += 1
             loss_sum += loss * len(lb)
             if not full:
@@ -468,18 +473,22 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
     total_time = time.perf_counter() - start
     train_time = sum(r["time"] for r in history)
     final = history[-1]
+    median_step = float(np.median(step_times))
 
     t97 = "not reached" if time_to_97 is None else f"{time_to_97:.2f} s (epoch {epoch_to_97})"
     print(f"train accuracy {history[0]['accuracy']:.4f} at epoch 0, {final['accuracy']:.4f} at "
           f"epoch {final['epoch']}")
     print(f"test loss {final['test_loss']:.6g} ; test accuracy {final['test_accuracy']:.4f}")
     print(f"total {total_time:.2f} s ; {train_time / len(history):.3f} s per epoch ; "
-          f"time_to_97 {t97} ; backend {ops.backend}, {dtype.name}")
+          f"median step {1e3 * median_step:.3g} ms ; time_to_97 {t97} ; backend {ops.backend}, "
+          f"{dtype.name}")
 
     result = dict(
         command="train", config=cfg, backend=ops.backend, versions=_versions(ops.backend),
         epochs=history, data_time=data_time, total_time=total_time, train_time=train_time,
-        seconds_per_epoch=train_time / len(history), test_loss=final["test_loss"],
+        seconds_per_epoch=train_time / len(history), median_step_seconds=median_step,
+        step_seconds_quartiles=[float(q) for q in np.percentile(step_times, [25, 50, 75])],
+        test_loss=final["test_loss"],
         test_accuracy=final["test_accuracy"], time_to_97=time_to_97, epoch_to_97=epoch_to_97,
     )
     if args.save:

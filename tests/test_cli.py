@@ -148,6 +148,10 @@ def test_train_end_to_end_then_evaluate(backend, fake_mnist, tmp_path, capsys):
     assert record["test_accuracy"] == epoch["test_accuracy"]
     assert record["total_time"] >= record["train_time"] > 0
     assert "time_to_97" in record
+    q25, q50, q75 = record["step_seconds_quartiles"]
+    assert 0 < q25 <= q50 == record["median_step_seconds"] <= q75
+    assert 3 * q50 <= record["train_time"]   # of 5 steps, 3 take >= the median; all in the epoch
+    assert "median step" in out
 
     assert cli.main(["evaluate", str(saved), "--data", fake_mnist.path, "--backend", backend]) == 0
     out = capsys.readouterr().out
