@@ -360,7 +360,7 @@ def softmax_cross_entropy(const floating[:, ::1] z,  # IN   (N, c) logits
 
 
 # ----------------------------------------------------------- the Adam update
-# One pass over the parameters instead of numpy's fifteen: m, v and p are read and written
+# One pass over the parameters instead of numpy's twenty: m, v and p are read and written
 # once.  The arithmetic follows pyops.model.Adam step for step (see its docstring),
 # including setting moments below the smallest normal float to zero.
 
@@ -401,6 +401,9 @@ def adam_update(floating[::1] p,        # IN/OUT  parameters
     cdef floating* mp
     cdef floating* vp
     cdef floating c1 = <floating>(1.0 - b1), c2 = <floating>(1.0 - b2)
+    if g.shape[0] != n or m.shape[0] != n or v.shape[0] != n:  # Adam checks; this is cheap
+        raise ValueError(f"adam_update: p, g, m, v must have one length, got "
+                         f"{n}, {g.shape[0]}, {m.shape[0]}, {v.shape[0]}")
     if n == 0:
         return
     pp, gp, mp, vp = &p[0], &g[0], &m[0], &v[0]
