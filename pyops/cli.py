@@ -473,7 +473,8 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
     total_time = time.perf_counter() - start
     train_time = sum(r["time"] for r in history)
     final = history[-1]
-    median_step = float(np.median(step_times))
+    quartiles = [float(q) for q in np.percentile(step_times, [25, 50, 75])]
+    median_step = quartiles[1]
 
     t97 = "not reached" if time_to_97 is None else f"{time_to_97:.2f} s (epoch {epoch_to_97})"
     print(f"train accuracy {history[0]['accuracy']:.4f} at epoch 0, {final['accuracy']:.4f} at "
@@ -487,7 +488,7 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
         command="train", config=cfg, backend=ops.backend, versions=_versions(ops.backend),
         epochs=history, data_time=data_time, total_time=total_time, train_time=train_time,
         seconds_per_epoch=train_time / len(history), median_step_seconds=median_step,
-        step_seconds_quartiles=[float(q) for q in np.percentile(step_times, [25, 50, 75])],
+        step_seconds_quartiles=quartiles,
         test_loss=final["test_loss"],
         test_accuracy=final["test_accuracy"], time_to_97=time_to_97, epoch_to_97=epoch_to_97,
     )
