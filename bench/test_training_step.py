@@ -26,7 +26,7 @@ weights are checked against a float64 numpy reference (correctness only).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -59,8 +59,8 @@ class Data:
     Y: np.ndarray        # (N, 10) one-hot
     W1: np.ndarray       # (785, 100) initial weights
     W2: np.ndarray       # (100, 10)
-    dW1: np.ndarray      # float64 reference weight change of one step
-    dW2: np.ndarray
+    dW1: Optional[np.ndarray]  # float64 reference weight change of one step (None: not computed)
+    dW2: Optional[np.ndarray]
 
 
 _DATA: Dict[str, Data] = {}
@@ -91,8 +91,13 @@ def reference_step(X: np.ndarray, Y: np.ndarray, W1: np.ndarray, W2: np.ndarray)
     return -LR * gW1, -LR * gW2
 
 
-def data(dtype: str) -> Data:
-    if dtype in _DATA:
+def data(dtype: str, reference: bool = True) -> Data:
+    """The synthetic inputs and initial weights of ``dtype``, and the reference step.
+
+    ``reference=False`` (``bench/memory.py``): the inputs only, not cached, so that a
+    peak-memory measurement counts nothing but what the implementation itself allocates.
+    """
+    if reference and dtype in _DATA:
         return _DATA[dtype]
     _DATA.clear()  # one dtype's arrays at a time
     rng = np.random.default_rng(20240602)
@@ -106,6 +111,8 @@ def data(dtype: str) -> Data:
     W1[D] = 0.0
     W2 = rng.standard_normal((HIDDEN, CLASSES)) * np.sqrt(2.0 / (HIDDEN + CLASSES))
     W1, W2 = W1.astype(dtype), W2.astype(dtype)
+    if not reference:
+        return Data(X, Y, W1, W2, None, None)
     dW1, dW2 = reference_step(X, Y, W1, W2)
     _DATA[dtype] = Data(X, Y, W1, W2, dW1, dW2)
     return _DATA[dtype]
