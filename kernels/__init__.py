@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 from pyops import ops as _ops
 
-from . import _table
+from . import _dispatch, _table
 from ._dispatch import built_variants, runnable_variants
 
 __all__ = [
@@ -61,10 +61,14 @@ def get_num_threads() -> int:
 
 
 def build_info() -> Dict[str, Any]:
-    """What is loaded: CPU variant, OpenMP on or off, vector exp/log, threads, module path."""
+    """What is loaded: CPU variant, OpenMP on or off, vector exp/log, threads, module path.
+
+    ``omp_wait`` says how long idle OpenMP threads spin (None without OpenMP).
+    """
     info = dict(_table._k.build_info())
     info.update(
         threads=get_num_threads(),
+        omp_wait=_dispatch.omp_wait if info["openmp"] else None,
         parallel_min_elements=_table._k.PARALLEL_MIN_ELEMENTS,
         built_variants=built_variants(),
         runnable_variants=runnable_variants(),

@@ -16,9 +16,9 @@ import pyops
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_python(code: str, cwd=None, **env) -> subprocess.CompletedProcess:
+def run_python(code: str, cwd=None, unset=(), **env) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter, by default outside the source tree."""
-    full_env = {**os.environ, **env}
+    full_env = {k: v for k, v in {**os.environ, **env}.items() if k not in unset}
     return subprocess.run([sys.executable, "-c", code], cwd=cwd or tempfile.gettempdir(), env=full_env,
                           capture_output=True, text=True, timeout=120)
 
@@ -134,3 +134,28 @@ def test_import_does_not_enable_flush_to_zero():
     )
     out = run_python(code)
     assert out.stdout.split() == ["True", "True", "True"], out.stdout + out.stderr
+
+
+WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+SHOW_WAIT = "import os, kernels; print(kernels.build_info()['omp_wait']); print(os.environ.get('GOMP_SPINCOUNT'))"
+
+
+@pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels was built without OpenMP")
+def test_import_shortens_libgomp_spin_and_leaves_the_environment():
+    """libgomp itself reports the spin count it started with (OMP_DISPLAY_ENV)."""
+    from kernels import _dispatch
+
+    out = run_python(SHOW_WAIT, unset=WAIT_VARIABLES, OMP_DISPLAY_ENV="verbose")
+    assert f"GOMP_SPINCOUNT = '{_dispatch.GOMP_SPINCOUNT}'" in out.stderr, out.stderr
+    assert out.stdout.split("\n")[:2] == [f"GOMP_SPINCOUNT={_dispatch.GOMP_SPINCOUNT} (set by kernels)", "None"]
+
+
+@pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels was built without OpenMP")
+@pytest.mark.parametrize("variable,value,shown", [("GOMP_SPINCOUNT", "5000", "GOMP_SPINCOUNT = '5000'"),
+                                                  ("OMP_WAIT_POLICY", "active", "OMP_WAIT_POLICY = 'ACTIVE'")])
+def test_users_openmp_wait_setting_wins(variable, value, shown):
+    others = [v for v in WAIT_VARIABLES if v != variable]
+    out = run_python(SHOW_WAIT, unset=others, OMP_DISPLAY_ENV="verbose", **{variable: value})
+    assert shown in out.stderr, out.stderr
+    left = value if variable == "GOMP_SPINCOUNT" else "None"
+    assert out.stdout.split("\n")[:2] == [f"{variable}={value} (from the environment)", left]
