@@ -24,9 +24,10 @@ VARIANTS: Tuple[Tuple[str, object], ...] = (
 #: Spins of an idle libgomp thread before it sleeps, unless the user sets ``GOMP_SPINCOUNT``
 #: or ``OMP_WAIT_POLICY``.  libgomp's default, 300000, is milliseconds of spinning after
 #: every kernel call, on a core that numpy's BLAS wants for the matmul that follows: a
-#: two-thread full-batch training step measured 7x slower than with this value.  1000 spins
-#: (tens of microseconds) still keep back-to-back kernel calls as fast as the default.
-GOMP_SPINCOUNT = "1000"
+#: two-thread 8192-row training step measured 6-10x slower than with 1000-3000 spins.
+#: 3000 spins (20-40 microseconds on the 2-core machine) still catch the next kernel call
+#: of a back-to-back chain; 1000 did not, and each call then paid a wake-up (~40 us there).
+GOMP_SPINCOUNT = "3000"
 _WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 #: How libgomp's wait was set when the module loaded (reported by ``kernels.build_info()``).
 omp_wait = "not loaded yet"
