@@ -27,9 +27,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from bench import N_CORES, ROWS  # noqa: E402
 
+try:  # before any torch import: torch ships a libgomp.so.1 too, and the first one loaded wins
+    import kernels  # noqa: E402,F401  (starts libgomp with kernels' spin setting)
+except ImportError:  # not built: the cython cases skip and say so
+    pass
+
 _ENV_VARS = (
     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS", "PYOPS_CPU_VARIANT", "PYOPS_BACKEND",
+    "MKL_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "PYOPS_CPU_VARIANT", "PYOPS_BACKEND",
 )
 
 

@@ -293,7 +293,8 @@ def environment(res: Results) -> str:
         f"pytest-benchmark {v.get('pytest-benchmark')}.",
         f"- Kernels: CPU variant `{k.get('variant', '?')}` (built: {', '.join(k.get('built_variants', []))}), "
         f"OpenMP {'on' if k.get('openmp') else 'off'}, vector exp/log (libmvec) "
-        f"{'on' if k.get('libmvec') else 'off'}, {k.get('threads', '?')} threads by default.",
+        f"{'on' if k.get('libmvec') else 'off'}, {k.get('threads', '?')} threads by default"
+        + (f", idle OpenMP threads: {k['omp_wait']}" if k.get("omp_wait") else "") + ".",
         f"- numpy's BLAS: {blas.get('name', '?')} {blas.get('version', '')}"
         + (f", core `{blas_core}`, {blas.get('openblas_threads')} threads" if blas_core else "")
         + f"; {unset}.",
