@@ -87,12 +87,14 @@ class Results:
         self.median: Dict[str, Dict[str, float]] = {}
         self.iqr: Dict[str, Dict[str, float]] = {}
         self.info: Dict[Tuple[str, str], Dict[str, Any]] = {}
+        self.rounds: Dict[str, Dict[str, int]] = {}
         for b in doc.get("benchmarks", []):
             extra = b.get("extra_info", {})
             impl = extra.get("impl") or b.get("param") or b["name"]
             group = b.get("group") or ""
             self.median.setdefault(group, {})[impl] = 1e3 * b["stats"]["median"]
             self.iqr.setdefault(group, {})[impl] = 1e3 * b["stats"]["iqr"]
+            self.rounds.setdefault(group, {})[impl] = int(b["stats"]["rounds"])
             self.info[(group, impl)] = extra
         self.cores = int(self.env.get("cores") or 1)
 
@@ -456,7 +458,9 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
             "",
             "One full-batch step (forward, loss and accuracy, backward for W1 and W2, SGD update) of "
             "the 785-100-10 network on synthetic MNIST-shaped data; *GEMM floor*: `X @ W1` and "
-            "`X.T @ G` alone with numpy's BLAS.",
+            "`X.T @ G` alone with numpy's BLAS. Medians of at least "
+            f"{min(n for g, r in res.rounds.items() if g.startswith('train-step') for n in r.values())} "
+            "rounds each.",
             "",
             train_md,
             "",
