@@ -159,3 +159,11 @@ def test_users_openmp_wait_setting_wins(variable, value, shown):
     assert shown in out.stderr, out.stderr
     left = value if variable == "GOMP_SPINCOUNT" else "None"
     assert out.stdout.split("\n")[:2] == [f"{variable}={value} (from the environment)", left]
+
+
+@pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels was built without OpenMP")
+def test_libgomp_loaded_first_is_reported():
+    """libgomp read its settings when it was loaded; kernels says so instead of claiming its own."""
+    code = "import ctypes; ctypes.CDLL('libgomp.so.1'); " + SHOW_WAIT
+    out = run_python(code, unset=WAIT_VARIABLES)
+    assert out.stdout.startswith("libgomp was loaded before kernels"), out.stdout + out.stderr
