@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import os
 from types import ModuleType
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # Fastest first: variant name -> numpy CPU feature it needs (None: any CPU).
 VARIANTS: Tuple[Tuple[str, object], ...] = (
@@ -30,7 +30,7 @@ VARIANTS: Tuple[Tuple[str, object], ...] = (
 GOMP_SPINCOUNT = "3000"
 _WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 #: How libgomp's wait was set when the module loaded (reported by ``kernels.build_info()``).
-omp_wait = "not loaded yet"
+omp_wait: Optional[str] = None
 
 BUILD_HINT = (
     "build it with `pip install .` from a checkout of opkernels (a C compiler and "
@@ -92,21 +92,20 @@ def _import_with_short_spin(module: str) -> ModuleType:
     """
     global omp_wait
     user = [f"{k}={os.environ[k]}" for k in _WAIT_VARIABLES if k in os.environ]
+    ours = not user and not _libgomp_loaded()
     if user:
         how = " ".join(user) + " (from the environment)"
-    elif _libgomp_loaded():
-        how = "libgomp was loaded before kernels: its own setting applies"
-    else:
+    elif ours:
+        how = f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} (set by kernels)"
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
-        try:
-            mod = importlib.import_module(module)
-        finally:
+    else:
+        how = "libgomp was loaded before kernels: its own setting applies"
+    try:
+        mod = importlib.import_module(module)
+    finally:
+        if ours:
             del os.environ["GOMP_SPINCOUNT"]
-        if omp_wait == "not loaded yet":
-            omp_wait = f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} (set by kernels)"
-        return mod
-    mod = importlib.import_module(module)
-    if omp_wait == "not loaded yet":
+    if omp_wait is None:  # the first module loaded started libgomp
         omp_wait = how
     return mod
 
