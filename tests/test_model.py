@@ -371,6 +371,27 @@ def test_compute_loss_and_accuracy():
     assert compute_accuracy(log_prob, labels) == 0.5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compute_loss_matches_the_notebook_expression(dtype):
+    rng = np.random.default_rng(3)
+    log_prob = np.log(rng.random((500, 10))).astype(dtype)
+    labels = np.eye(10, dtype=dtype)[rng.integers(0, 10, 500)]
+    expected = np.mean(np.sum(-log_prob.astype(np.float64) * labels, axis=1))
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    assert compute_loss(log_prob, labels) == pytest.approx(expected, rel=rtol)
+    # a non-contiguous view gives the same value
+    assert compute_loss(log_prob[::2], labels[::2]) == pytest.approx(
+        np.mean(np.sum(-log_prob[::2].astype(np.float64) * labels[::2], axis=1)), rel=rtol)
+
+
+def test_compute_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="compute_loss: .* same shape"):
+        compute_loss(np.zeros((4, 10)), np.zeros((4, 9)))
+    with pytest.raises(ValueError, match="compute_loss"):
+        compute_loss(np.zeros(10), np.zeros(10))
+    assert np.isnan(compute_loss(np.zeros((0, 10)), np.zeros((0, 10))))
+
+
 # ------------------------------------------------------------------------- training
 
 
