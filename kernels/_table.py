@@ -55,9 +55,14 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
     return out
 
 
+def adam_workspace(p: np.ndarray) -> None:
+    """The compiled update works in registers: no scratch."""
+    return None
+
+
 def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, b1: float, b2: float,
                 eps: float, decay: float, step_size: float, inv_root_c2: float,
-                work: tuple) -> None:
-    # C-contiguous p, g, m, v of one dtype (checked by pyops.model.Adam); `work` is for numpy
+                work: None) -> None:
+    # C-contiguous p, g, m, v of one dtype (checked by pyops.model.Adam)
     _k.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2, eps,
                    decay, step_size, inv_root_c2)

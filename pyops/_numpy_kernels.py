@@ -6,6 +6,8 @@ same functions, compiled; the op classes never know which one they call.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
@@ -85,6 +87,11 @@ def _flush_subnormals(a: np.ndarray, scratch: np.ndarray, mask: np.ndarray) -> N
     np.abs(a, out=scratch)
     np.less(scratch, np.finfo(a.dtype).tiny, out=mask)
     np.copyto(a, 0, where=mask)
+
+
+def adam_workspace(p: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The scratch :func:`adam_update` needs for ``p``: a float array and a bool mask."""
+    return np.empty(p.shape, p.dtype), np.empty(p.shape, bool)
 
 
 def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, b1: float, b2: float,

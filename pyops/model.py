@@ -607,7 +607,6 @@ class _Optimizer:
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         self.lr = float(lr)
-        self._tmp = [np.empty(p.shape, p.dtype) for p in self.params]
 
     def _grads(self, grads: Any, contiguous: bool = False) -> List[np.ndarray]:
         where = f"{type(self).__name__}.step"
@@ -646,6 +645,7 @@ class SGD(_Optimizer):
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         self.momentum, self.weight_decay = float(momentum), float(weight_decay)
         self._v = [np.zeros_like(p) for p in self.params] if momentum else None
+        self._tmp = [np.empty(p.shape, p.dtype) for p in self.params]
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""
@@ -722,7 +722,8 @@ class Adam(_Optimizer):
         self.t = 0
         self._m = [np.zeros(p.shape, p.dtype) for p in self.params]
         self._v = [np.zeros(p.shape, p.dtype) for p in self.params]
-        self._work = [(tmp, np.empty(tmp.shape, bool)) for tmp in self._tmp]
+        # scratch for the update, if the backend's needs any (numpy: two arrays; compiled: none)
+        self._work = [self._kernels.adam_workspace(p) for p in self.params]
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""

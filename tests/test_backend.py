@@ -1,6 +1,7 @@
 """The backend switch, the compiled build, and what happens when it is missing."""
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 import kernels
 import pyops
+from pyops.backend import get_kernels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +69,18 @@ def test_same_model_code_runs_on_either_backend():
             ops = pyops.get_ops()
             results.append(ops.Log().forward(ops.Softmax().forward(ops.Relu().forward(x))))
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12)
+
+
+def test_kernel_tables_offer_the_same_functions():
+    """Both tables behind the op classes and Adam: same names, same parameters."""
+    def functions(table):
+        return {name: list(inspect.signature(f).parameters)
+                for name, f in vars(table).items()
+                if inspect.isfunction(f) and not name.startswith("_") and f.__module__ == table.__name__}
+
+    numpy_table, compiled = functions(get_kernels("numpy")), functions(get_kernels("cython"))
+    assert numpy_table == compiled
+    assert {"relu_forward", "log_backward", "adam_update", "adam_workspace"} <= set(compiled)
 
 
 def test_installed_kernels_are_the_compiled_extension():
