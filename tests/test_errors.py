@@ -126,6 +126,12 @@ def test_out_errors(ops):
     big = np.arange(16.0)
     with pytest.raises(ValueError, match=r"^Relu\.forward: out overlaps an input without being identical"):
         ops.Relu().forward(big[:12].reshape(4, 3), out=big[4:].reshape(4, 3))
+    # allowed: a view identical to the input (in place), and disjoint parts of one buffer
+    x_in = big[:12].reshape(4, 3) - 8.0
+    assert ops.Relu().forward(x_in, out=x_in[:]).base is x_in
+    assert x_in.min() == 0.0
+    halves = np.linspace(-1, 1, 24).reshape(8, 3)
+    np.testing.assert_array_equal(ops.Relu().forward(halves[:4], out=halves[4:]), np.maximum(halves[:4], 0))
     mm = ops.Matmul(input_grad=False)
     mm.forward(x, np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"^Matmul\.backward: out\[0\] must be None when input_grad=False"):
