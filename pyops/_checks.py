@@ -6,7 +6,7 @@ say what was expected, so both backends fail the same way on the same input.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -59,13 +59,16 @@ def check_out(
     dtype: np.dtype,
     inputs: Tuple[np.ndarray, ...] = (),
     name: str = "out",
+    kept: Optional[Dict[str, np.ndarray]] = None,
 ) -> Optional[np.ndarray]:
     """Validate a caller-supplied output array, or pass ``None`` through.
 
     ``out`` must be a writeable, C-contiguous ndarray of exactly ``shape`` and
     ``dtype``.  It may be one of ``inputs`` exactly (an in-place update), but
     must not partially overlap any of them: elementwise loops would then read
-    values they already overwrote.
+    values they already overwrote.  It must not share any memory with the
+    arrays in ``kept`` (name -> array): those the op keeps in ``mem`` for
+    backward, or reads again after ``out`` is written.
     """
     if out is None:
         return None
@@ -90,4 +93,10 @@ def check_out(
         )
         if not same:
             raise ValueError(f"{where}: {name} overlaps an input without being identical to it")
+    for label, a in (kept or {}).items():
+        if a is not None and np.may_share_memory(a, out):
+            raise ValueError(
+                f"{where}: {name} must not share memory with {label}, which the op still needs "
+                f"(kept in mem for backward, or read after {name} is written); pass another array"
+            )
     return out

@@ -50,7 +50,9 @@ def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
 
 
 def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
-    """``out = g / (x + eps)``."""
+    """``out = g / (x + eps)``; ``out`` may be ``g`` itself (then a temporary holds ``x + eps``)."""
+    if np.may_share_memory(out, g):
+        return np.divide(g, x + x.dtype.type(eps), out=out)
     np.add(x, x.dtype.type(eps), out=out)
     return np.divide(g, out, out=out)
 

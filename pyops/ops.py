@@ -16,6 +16,7 @@ dtype of the forward input; results have that dtype.
 """
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any, Optional, Tuple
 
@@ -124,7 +125,7 @@ class Matmul(Op):
                 f"got {W.shape}"
             )
         shape = (x.shape[0], W.shape[1])
-        out = check_out(where, out, shape, x.dtype, (x, W))
+        out = check_out(where, out, shape, x.dtype, kept={"x": x, "W": W})
         self.mem = {"x": x, "W": W}
         return np.matmul(x, W, out=out)
 
@@ -142,13 +143,18 @@ class Matmul(Op):
         g = as_float_array(where, "grad_y", grad_y)
         check_same_dtype(where, "grad_y", g, x.dtype, "the forward output")
         check_shape(where, "grad_y", g, (x.shape[0], W.shape[1]), "the forward output's shape")
+        if not (out is None or (isinstance(out, (tuple, list)) and len(out) == 2)):
+            raise TypeError(f"{where}: out must be a pair (grad_x_out, grad_W_out), got {type(out).__name__}")
         gx_out, gW_out = (None, None) if out is None else out
         if not self.input_grad and gx_out is not None:
             raise ValueError(f"{where}: out[0] must be None when input_grad=False")
-        gW_out = check_out(where, gW_out, W.shape, x.dtype, (x, g), name="out[1]")
+        # nothing may alias: grad_W is computed after grad_x, from x and G
+        gW_out = check_out(where, gW_out, W.shape, x.dtype, name="out[1]",
+                           kept={"x": x, "W": W, "grad_y": g})
         grad_x = None
         if self.input_grad:
-            gx_out = check_out(where, gx_out, x.shape, x.dtype, (g, W), name="out[0]")
+            gx_out = check_out(where, gx_out, x.shape, x.dtype, name="out[0]",
+                               kept={"x": x, "W": W, "grad_y": g, "out[1]": gW_out})
             grad_x = np.matmul(g, W.T, out=gx_out)
         return grad_x, np.matmul(x.T, g, out=gW_out)
 
@@ -166,6 +172,7 @@ class Relu(Op):
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Return ``max(x, 0)``; keeps ``x`` in ``mem``."""
         x = self._input("forward", "x", x)
+        # in place is safe: backward needs only the sign of x, and relu keeps it
         out = check_out(self._where("forward"), out, x.shape, x.dtype, (x,))
         self.mem = {"x": x}
         return self._kernels.relu_forward(x, self._alloc(out, x.shape, x.dtype))
@@ -174,7 +181,7 @@ class Relu(Op):
         """Return ``grad_y * (x > 0)``."""
         (x,) = self._recall("x")
         g = self._grad(grad_y, x)
-        out = check_out(self._where("backward"), out, x.shape, x.dtype, (x, g))
+        out = check_out(self._where("backward"), out, x.shape, x.dtype, (g,), kept={"x": x})
         return self._kernels.relu_backward(x, g, self._alloc(out, x.shape, x.dtype))
 
 
@@ -204,7 +211,7 @@ class Softmax(Op):
         """Return ``s * (grad_y - <grad_y, s>)`` row by row."""
         (s,) = self._recall("out")
         g = self._grad(grad_y, s)
-        out = check_out(self._where("backward"), out, s.shape, s.dtype, (s, g))
+        out = check_out(self._where("backward"), out, s.shape, s.dtype, (g,), kept={"s": s})
         return self._kernels.softmax_backward(s, g, self._alloc(out, s.shape, s.dtype))
 
 
@@ -219,7 +226,13 @@ class Log(Op):
 
     def __init__(self, eps: float = 1e-12) -> None:
         super().__init__()
-        self.eps = float(eps)
+        try:
+            value = float(eps)
+        except (TypeError, ValueError):
+            raise TypeError(f"Log: eps must be a real number, got {eps!r}") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"Log: eps must be finite and >= 0, got {eps!r}")
+        self.eps = value
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f"eps={self.eps!r})"
@@ -227,7 +240,7 @@ class Log(Op):
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Return ``log(x + eps)``; keeps ``x`` in ``mem``."""
         x = self._input("forward", "x", x)
-        out = check_out(self._where("forward"), out, x.shape, x.dtype, (x,))
+        out = check_out(self._where("forward"), out, x.shape, x.dtype, kept={"x": x})
         self.mem = {"x": x}
         return self._kernels.log_forward(x, self.eps, self._alloc(out, x.shape, x.dtype))
 
@@ -235,7 +248,7 @@ class Log(Op):
         """Return ``grad_y / (x + eps)``."""
         (x,) = self._recall("x")
         g = self._grad(grad_y, x)
-        out = check_out(self._where("backward"), out, x.shape, x.dtype, (x, g))
+        out = check_out(self._where("backward"), out, x.shape, x.dtype, (g,), kept={"x": x})
         return self._kernels.log_backward(x, g, self.eps, self._alloc(out, x.shape, x.dtype))
 
 
@@ -246,8 +259,8 @@ class SoftmaxCrossEntropy(Op):
               and labels y, either one-hot / probability rows (N, c) of z's
               dtype or integer class indices (N,) in ``[0, c)``. Returns a
               Python float.
-    backward: ``dL/dz = grad * (softmax(z) - y) / N`` (N, c), valid when each
-              label row sums to 1, in one pass.  ``grad`` defaults to 1.
+    backward: ``dL/dz = grad_y * (softmax(z) - y) / N`` (N, c), valid when each
+              label row sums to 1, in one pass.  ``grad_y`` defaults to 1.
 
     Equivalent to ``Softmax`` then ``Log`` then ``-mean(sum(y * log_prob))``
     but cheaper and stable: no probability is logged, nothing is divided by s.
@@ -289,6 +302,6 @@ class SoftmaxCrossEntropy(Op):
         g = np.asarray(grad_y)
         if g.ndim != 0 or g.dtype.kind not in "fiu":
             raise TypeError(f"{self._where('backward')}: grad_y must be a real scalar, got {grad_y!r}")
-        out = check_out(self._where("backward"), out, s.shape, s.dtype, (s, y))
+        out = check_out(self._where("backward"), out, s.shape, s.dtype, kept={"s": s, "labels": y})
         scale = float(g) / max(s.shape[0], 1)
         return self._kernels.xent_backward(s, y, scale, self._alloc(out, s.shape, s.dtype))

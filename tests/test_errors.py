@@ -138,6 +138,53 @@ def test_out_errors(ops):
         mm.backward(np.ones((4, 2)), out=(np.empty((4, 3)), None))
 
 
+def test_out_must_not_alias_what_the_op_still_needs(ops):
+    """Aliases that would corrupt mem or a later read are refused, naming op and array."""
+    x = np.abs(np.linspace(-1, 1, 12).reshape(4, 3)) + 0.5
+    msg = r"^{}: {} must not share memory with {}, which the op still needs"
+    log = ops.Log()
+    with pytest.raises(ValueError, match=msg.format(r"Log\.forward", "out", "x")):
+        log.forward(x, out=x)
+    log.forward(x)
+    with pytest.raises(ValueError, match=msg.format(r"Log\.backward", "out", "x")):
+        log.backward(np.ones_like(x), out=x)
+    soft = ops.Softmax()
+    s = soft.forward(x)
+    with pytest.raises(ValueError, match=msg.format(r"Softmax\.backward", "out", "s")):
+        soft.backward(np.ones_like(x), out=s)
+    sq = np.eye(3) + x[:3]
+    mm = ops.Matmul()
+    with pytest.raises(ValueError, match=msg.format(r"Matmul\.forward", "out", "x")):
+        mm.forward(sq, sq.copy(), out=sq)
+    W = sq.copy()
+    mm.forward(sq, W)
+    g = np.ones((3, 3))
+    with pytest.raises(ValueError, match=msg.format(r"Matmul\.backward", r"out\[0\]", "x")):
+        mm.backward(g, out=(sq, None))
+    with pytest.raises(ValueError, match=msg.format(r"Matmul\.backward", r"out\[1\]", "W")):
+        mm.backward(g, out=(None, W))
+    with pytest.raises(ValueError, match=msg.format(r"Matmul\.backward", r"out\[0\]", "grad_y")):
+        mm.backward(g, out=(g, None))
+    both = np.empty((3, 3))
+    with pytest.raises(ValueError, match=msg.format(r"Matmul\.backward", r"out\[0\]", r"out\[1\]")):
+        mm.backward(g, out=(both, both))
+    with pytest.raises(TypeError, match=r"^Matmul\.backward: out must be a pair"):
+        mm.backward(g, out=np.empty((3, 3)))
+    xent = ops.SoftmaxCrossEntropy()
+    xent.forward(x, np.eye(3)[[0, 1, 2, 0]])
+    with pytest.raises(ValueError, match=msg.format(r"SoftmaxCrossEntropy\.backward", "out", "s")):
+        xent.backward(1.0, out=xent.mem["out"])
+    # nothing was corrupted by the refused calls
+    np.testing.assert_allclose(mm.forward(sq, W), sq @ W)
+
+
+@pytest.mark.parametrize("eps, error", [("abc", TypeError), (None, TypeError), (-1.0, ValueError),
+                                         (float("nan"), ValueError), (float("inf"), ValueError)])
+def test_log_rejects_a_bad_eps(ops, eps, error):
+    with pytest.raises(error, match=r"^Log: eps must be"):
+        ops.Log(eps=eps)
+
+
 def test_integer_labels_out_of_range(ops):
     with pytest.raises(ValueError, match=re.escape("SoftmaxCrossEntropy.forward: integer labels must lie in [0, 3), got values in [0, 3]")):
         ops.SoftmaxCrossEntropy().forward(np.ones((2, 3)), np.array([0, 3]))
