@@ -96,7 +96,7 @@ cdef inline void _relu_fwd(const floating* x, floating* out, Py_ssize_t n) noexc
     cdef floating v
     for i in range(n):
         v = x[i]
-        out[i] = 0 if v < 0 else v          # NaN is not < 0: it propagates
+        out[i] = 0 if v <= 0 else v         # -0.0 gives +0.0, as numpy; NaN is not <= 0: it propagates
 
 
 cdef inline void _relu_bwd(const floating* x, const floating* g, floating* out,
@@ -204,10 +204,11 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
 
     With shifted = z - max(z) and t = sum(exp(shifted)), log_softmax = shifted - log(t), so
     -<y, log_softmax> = <y, 1> log(t) - <y, shifted>: no probability is ever logged.
+    Classes with y == 0 add nothing, even at a logit of -inf (a mask): not 0 * -inf = NaN.
     """
     cdef Py_ssize_t r0, nb, r, j
     cdef double loss = 0
-    cdef floating ydot, ys
+    cdef floating ydot, ys, yj
     cdef floating label_mass[ROW_BLOCK]
     for r0 from 0 <= r0 < rows by ROW_BLOCK:
         nb = min(<Py_ssize_t>ROW_BLOCK, rows - r0)
@@ -216,8 +217,9 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
             ydot = 0
             ys = 0
             for j in range(c):
-                ydot = ydot + y[r * c + j] * s[r * c + j]
-                ys = ys + y[r * c + j]
+                yj = y[r * c + j]
+                ydot = ydot + (yj * s[r * c + j] if yj != 0 else 0)
+                ys = ys + yj
             loss -= ydot
             label_mass[r - r0] = ys
         _exp_inplace(s + r0 * c, nb * c)

@@ -74,6 +74,7 @@ def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
     row_sum = s_out.sum(axis=1, keepdims=True)
     s_out /= row_sum
     log_softmax = shifted - np.log(row_sum)
+    np.copyto(log_softmax, 0, where=(y == 0))  # a -inf logit (a mask) with y == 0 adds 0, not NaN
     return float(-np.einsum("ij,ij->", y, log_softmax) / n)
 
 

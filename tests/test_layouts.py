@@ -144,3 +144,25 @@ def test_mem_holds_what_backward_needs(ops, dtype):
     mm.forward(x, x.T.copy())
     assert set(relu.mem) == {"x"} and set(log.mem) == {"x"} and set(mm.mem) == {"x", "W"}
     assert soft.mem["out"] is s
+
+
+def test_relu_of_negative_zero_is_positive_zero(ops, dtype):
+    y = ops.Relu().forward(np.array([-0.0, 0.0, -1.0, 2.0], dtype))
+    np.testing.assert_array_equal(y, [0, 0, 0, 2])
+    assert not np.signbit(y).any()
+
+
+@pytest.mark.parametrize("label_kind", ["int", "one-hot"])
+def test_cross_entropy_with_masked_logits(ops, dtype, label_kind):
+    """A logit of -inf (a mask) adds nothing where the label is 0: the loss stays finite."""
+    z = np.array([[0.0, -np.inf, 1.0], [2.0, 0.5, -np.inf]], dtype)
+    labels = np.array([0, 1]) if label_kind == "int" else np.eye(3, dtype=dtype)[[0, 1]]
+    want = -np.mean([0.0 - np.log(1 + np.e), 0.5 - np.log(np.exp(2.0) + np.exp(0.5))])
+    op = ops.SoftmaxCrossEntropy()
+    assert op.forward(z, labels) == pytest.approx(want, rel=1e-6)
+    grad = op.backward()
+    assert np.isfinite(grad).all()
+    assert grad[0, 1] == 0 and grad[1, 2] == 0
+    # a label on a masked class is an infinite loss, not NaN
+    assert op.forward(z, np.array([1, 0]) if label_kind == "int" else np.eye(3, dtype=dtype)[[1, 0]]) == np.inf
+
