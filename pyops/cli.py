@@ -43,7 +43,7 @@ import numpy as np
 from . import __version__
 from . import data as _data
 from .backend import BACKENDS, get_backend, get_ops
-from .model import MLP, SGD, Adam, add_bias_column, cosine_lr, test
+from .model import MLP, SGD, Adam, ModelFileError, add_bias_column, cosine_lr, test
 
 __all__ = ["main", "build_parser", "RECIPES", "train", "evaluate", "set_blas_threads"]
 
@@ -95,6 +95,20 @@ _batch_size = _checked(lambda t: 0 if t.strip().lower() == "full" else int(t), l
 _positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 _non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
 _smoothing = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_seed = _checked(int, lambda v: v >= 0, "an integer >= 0")
+
+
+def _output_file(text: str) -> str:
+    """An argparse ``type=`` for a file written after training: its folder must exist and be
+    writable now, so that a typo fails in a second rather than after the whole run."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"folder {folder!r} of {text!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f"folder {folder!r} of {text!r} is not writable")
+    return text
 
 
 def _recipe_table() -> str:
@@ -179,12 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="threads of numpy's OpenBLAS (the matrix products, both backends), set "
                     "at run time; small mini-batch products run faster on one "
                     + _recipe_default("blas_threads"))
-    tr.add_argument("--seed", type=int, default=0,
+    tr.add_argument("--seed", type=_seed, default=0,
                     help="seed of the initialisation and of the shuffling")
     tr.add_argument("--data", metavar="PATH", default=None,
                     help="mnist.npz to use (default: pyops.data.load_mnist's cache or download)")
-    tr.add_argument("--save", metavar="PATH", default=None, help="write the trained model (.npz)")
-    tr.add_argument("--log", metavar="PATH", default=None,
+    tr.add_argument("--save", metavar="PATH", type=_output_file, default=None,
+                    help="write the trained model (.npz)")
+    tr.add_argument("--log", metavar="PATH", type=_output_file, default=None,
                     help="write a JSON log: config, versions, per-epoch metrics, times")
     tr.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     tr.set_defaults(func=train)
@@ -465,12 +480,12 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
         test_loss=final["test_loss"],
         test_accuracy=final["test_accuracy"], time_to_97=time_to_97, epoch_to_97=epoch_to_97,
     )
-    if args.save:
-        model.save(args.save, recipe=cfg["recipe"], config=cfg, test_accuracy=final["test_accuracy"])
-    if args.log:
+    if args.log:  # first: a failing --save must not lose the log
         with open(args.log, "w") as f:
             json.dump(result, f, indent=2, default=str)
             f.write("\n")
+    if args.save:
+        model.save(args.save, recipe=cfg["recipe"], config=cfg, test_accuracy=final["test_accuracy"])
     return 0
 
 
@@ -491,7 +506,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ImportError, OSError, _data.MNISTUnavailableError, _data.MNISTIntegrityError) as e:
+    except (ImportError, OSError, _data.MNISTUnavailableError, _data.MNISTIntegrityError,
+            ModelFileError) as e:
         print(f"pyops {args.command}: error: {e}", file=sys.stderr)
         return 1
 

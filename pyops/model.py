@@ -48,7 +48,7 @@ import numpy as np
 from .backend import get_kernels, get_ops
 
 __all__ = [
-    "MLP", "train_one_step", "test", "add_bias_column", "compute_loss", "compute_accuracy",
+    "MLP", "ModelFileError", "train_one_step", "test", "add_bias_column", "compute_loss", "compute_accuracy",
     "SGD", "Adam", "cosine_lr", "LOSSES", "INITS",
 ]
 
@@ -173,6 +173,10 @@ class _Buffers:
             self._x = np.empty((self.n, self.n_in + 1), self.dtype)
             self._x[:, self.n_in] = 1
         return self._x
+
+
+class ModelFileError(ValueError):
+    """A file given to :meth:`MLP.load` is not a model written by :meth:`MLP.save`."""
 
 
 class MLP:
@@ -535,14 +539,27 @@ class MLP:
 
     @classmethod
     def load(cls, path: PathLike, backend: Optional[str] = None) -> "MLP":
-        """Return the model saved by :meth:`save`, on ``backend`` (default: the active one)."""
-        with np.load(os.fspath(path), allow_pickle=False) as f:
+        """Return the model saved by :meth:`save`, on ``backend`` (default: the active one).
+
+        Raises :class:`ModelFileError` (a ValueError) if ``path`` is not such a file.
+        """
+        not_saved = f"MLP.load: {os.fspath(path)} is not a model written by MLP.save"
+        try:
+            f = np.load(os.fspath(path), allow_pickle=False)
+        except (ValueError, EOFError) as e:  # not .npy/.npz (numpy then suggests pickle)
+            raise ModelFileError(f"{not_saved} (not an .npz archive)") from e
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ModelFileError(f"{not_saved} (a single .npy array, not an .npz archive)")
+        with f:
             missing = {"W1", "W2", "config"} - set(f.files)
             if missing:
-                raise ValueError(f"MLP.load: {path} is not a saved MLP (missing {sorted(missing)})")
-            config = json.loads(str(f["config"]))
-            metadata = json.loads(str(f["metadata"])) if "metadata" in f.files else {}
-            W1, W2 = f["W1"], f["W2"]
+                raise ModelFileError(f"{not_saved} (missing {sorted(missing)})")
+            try:
+                config = json.loads(str(f["config"]))
+                metadata = json.loads(str(f["metadata"])) if "metadata" in f.files else {}
+                W1, W2 = f["W1"], f["W2"]
+            except ValueError as e:
+                raise ModelFileError(f"{not_saved} ({e})") from e
         model = cls(
             backend, config["dtype"], loss=config["loss"], init=config.get("init", "normal"),
             n_in=config["n_in"], n_hidden=config["n_hidden"], n_out=config["n_out"], seed=0,

@@ -101,6 +101,9 @@ def test_python_dash_m_pyops_runs():
     (["train", "--threads", "0"], "expected a positive integer"),
     (["train", "--blas-threads", "-1"], "expected a positive integer"),
     (["train", "--label-smoothing", "1"], "expected a number in [0, 1)"),
+    (["train", "--seed", "-1"], "expected an integer >= 0"),
+    (["train", "--save", "/no/such/folder/m.npz"], "folder '/no/such/folder' of '/no/such/folder/m.npz' does not exist"),
+    (["train", "--log", "/"], "'/' is a directory"),
     (["evaluate"], "required: MODEL.npz"),
     ([], "required: COMMAND"),
 ])
@@ -167,7 +170,26 @@ def test_training_learns_the_fake_data(fake_mnist, tmp_path):
     record = json.loads(log.read_text())
     assert record["epochs"][-1]["loss"] < record["epochs"][0]["loss"]
     assert record["test_accuracy"] > 0.9
-    assert record["time_to_97"] is None or record["time_to_97"] <= record["total_time"]
+    # time_to_97 is the elapsed time at the end of the first epoch that reached 97%
+    first = next((e for e in record["epochs"] if e["test_accuracy"] >= 0.97), None)
+    assert record["epoch_to_97"] == (None if first is None else first["epoch"])
+    assert record["time_to_97"] == (None if first is None else first["elapsed"])
+
+
+@pytest.mark.parametrize("content", [b"not a model\n", b"npy", b"npz-other"])
+def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, content):
+    path = tmp_path / "m.npz"
+    if content == b"npy":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path = path.with_suffix(".npy")
+    elif content == b"npz-other":
+        np.savez(path, a=np.zeros(3))
+    else:
+        path.write_bytes(content)
+    assert cli.main(["evaluate", str(path), "--data", fake_mnist.path]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyops evaluate: error: MLP.load: {path} is not a model written by MLP.save")
+    assert "pickle" not in err
 
 
 def test_notebook_recipe_is_full_batch_gradient_descent(fake_mnist, tmp_path, capsys):
