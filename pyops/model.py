@@ -131,7 +131,8 @@ def compute_loss(log_prob: np.ndarray, labels: np.ndarray) -> float:
 
     Computed as ``-vdot(log_prob, labels) / N``: one pass and no ``(N, c)``
     temporaries (the notebook's expression makes three; at full batch that
-    was about 1.3 ms of a float32 step).  NaN for ``N == 0``.
+    was about 1.3 ms of a float32 step).  0.0 for ``N == 0``, as
+    :class:`~pyops.SoftmaxCrossEntropy`.
     """
     log_prob, labels = np.asarray(log_prob), np.asarray(labels)
     if log_prob.ndim != 2 or log_prob.shape != labels.shape:
@@ -140,7 +141,7 @@ def compute_loss(log_prob: np.ndarray, labels: np.ndarray) -> float:
             f"got {log_prob.shape} and {labels.shape}"
         )
     n = log_prob.shape[0]
-    return -float(np.vdot(log_prob, labels)) / n if n else float("nan")
+    return -float(np.vdot(log_prob, labels)) / n if n else 0.0
 
 
 def compute_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

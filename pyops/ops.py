@@ -258,7 +258,7 @@ class SoftmaxCrossEntropy(Op):
     forward:  ``L = -(1/N) sum_i y_i . log_softmax(z_i)`` for logits z (N, c)
               and labels y, either one-hot / probability rows (N, c) of z's
               dtype or integer class indices (N,) in ``[0, c)``. Returns a
-              Python float.
+              Python float (0.0 for an empty batch).
     backward: ``dL/dz = grad_y * (softmax(z) - y) / N`` (N, c), valid when each
               label row sums to 1, in one pass.  ``grad_y`` defaults to 1.
 
