@@ -217,9 +217,14 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
             ydot = 0
             ys = 0
             for j in range(c):
-                yj = y[r * c + j]
-                ydot = ydot + (yj * s[r * c + j] if yj != 0 else 0)
-                ys = ys + yj
+                ydot = ydot + y[r * c + j] * s[r * c + j]
+                ys = ys + y[r * c + j]
+            if ydot != ydot:  # NaN: maybe 0 * -inf from a mask; redo without the y == 0 terms
+                ydot = 0
+                for j in range(c):
+                    yj = y[r * c + j]
+                    if yj != 0:
+                        ydot = ydot + yj * s[r * c + j]
             loss -= ydot
             label_mass[r - r0] = ys
         _exp_inplace(s + r0 * c, nb * c)
