@@ -559,12 +559,12 @@ class MLP:
                 config = json.loads(str(f["config"]))
                 metadata = json.loads(str(f["metadata"])) if "metadata" in f.files else {}
                 W1, W2 = f["W1"], f["W2"]
-            except ValueError as e:
-                raise ModelFileError(f"{not_saved} ({e})") from e
-        model = cls(
-            backend, config["dtype"], loss=config["loss"], init=config.get("init", "normal"),
-            n_in=config["n_in"], n_hidden=config["n_hidden"], n_out=config["n_out"], seed=0,
-        )
+                settings = dict(dtype=config["dtype"], loss=config["loss"],
+                                init=config.get("init", "normal"), n_in=config["n_in"],
+                                n_hidden=config["n_hidden"], n_out=config["n_out"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise ModelFileError(f"{not_saved} (bad config: {e!r})") from e
+        model = cls(backend, seed=0, **settings)
         model.W1, model.W2 = W1, W2
         model.metadata = metadata
         return model

@@ -176,7 +176,7 @@ def test_training_learns_the_fake_data(fake_mnist, tmp_path):
     assert record["time_to_97"] == (None if first is None else first["elapsed"])
 
 
-@pytest.mark.parametrize("content", [b"not a model\n", b"npy", b"npz-other"])
+@pytest.mark.parametrize("content", [b"not a model\n", b"npy", b"npz-other", b"npz-bad-config"])
 def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, content):
     path = tmp_path / "m.npz"
     if content == b"npy":
@@ -184,6 +184,8 @@ def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, conte
         path = path.with_suffix(".npy")
     elif content == b"npz-other":
         np.savez(path, a=np.zeros(3))
+    elif content == b"npz-bad-config":
+        np.savez(path, W1=np.zeros((785, 100)), W2=np.zeros((100, 10)), config=np.array('{"dtype": 1}'))
     else:
         path.write_bytes(content)
     assert cli.main(["evaluate", str(path), "--data", fake_mnist.path]) == 1
