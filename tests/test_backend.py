@@ -150,11 +150,13 @@ def test_import_does_not_enable_flush_to_zero():
     assert out.stdout.split() == ["True", "True", "True"], out.stdout + out.stderr
 
 
+needs_openmp = pytest.mark.skipif(not kernels.build_info()["openmp"],
+                                  reason="kernels was built without OpenMP")
 WAIT_VARIABLES = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
 SHOW_WAIT = "import os, kernels; print(kernels.build_info()['omp_wait']); print(os.environ.get('GOMP_SPINCOUNT'))"
 
 
-@pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels was built without OpenMP")
+@needs_openmp
 def test_import_shortens_libgomp_spin_and_leaves_the_environment():
     """libgomp itself reports the spin count it started with (OMP_DISPLAY_ENV)."""
     from kernels import _dispatch
@@ -164,7 +166,7 @@ def test_import_shortens_libgomp_spin_and_leaves_the_environment():
     assert out.stdout.split("\n")[:2] == [f"GOMP_SPINCOUNT={_dispatch.GOMP_SPINCOUNT} (set by kernels)", "None"]
 
 
-@pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels was built without OpenMP")
+@needs_openmp
 @pytest.mark.parametrize("variable,value,shown", [("GOMP_SPINCOUNT", "5000", "GOMP_SPINCOUNT = '5000'"),
                                                   ("OMP_WAIT_POLICY", "active", "OMP_WAIT_POLICY = 'ACTIVE'")])
 def test_users_openmp_wait_setting_wins(variable, value, shown):
@@ -175,7 +177,7 @@ def test_users_openmp_wait_setting_wins(variable, value, shown):
     assert out.stdout.split("\n")[:2] == [f"{variable}={value} (from the environment)", left]
 
 
-@pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels was built without OpenMP")
+@needs_openmp
 def test_libgomp_loaded_first_is_reported():
     """libgomp read its settings when it was loaded; kernels says so instead of claiming its own."""
     code = "import ctypes; ctypes.CDLL('libgomp.so.1'); " + SHOW_WAIT
