@@ -74,8 +74,11 @@ def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
     row_sum = s_out.sum(axis=1, keepdims=True)
     s_out /= row_sum
     log_softmax = shifted - np.log(row_sum)
-    np.copyto(log_softmax, 0, where=(y == 0))  # a -inf logit (a mask) with y == 0 adds 0, not NaN
-    return float(-np.einsum("ij,ij->", y, log_softmax) / n)
+    total = np.einsum("ij,ij->", y, log_softmax)
+    if np.isnan(total):  # maybe 0 * -inf from a masked (-inf) logit: redo without the y == 0 terms
+        np.copyto(log_softmax, 0, where=(y == 0))
+        total = np.einsum("ij,ij->", y, log_softmax)
+    return float(-total / n)
 
 
 def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -> np.ndarray:
