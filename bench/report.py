@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import RESULTS_DIR, REPO_ROOT, ROWS_VARIABLE, UNSET_FOR_BENCHMARKS, benchmark_env
 
@@ -49,7 +49,8 @@ OPS = ("relu", "softmax", "log", "xent", "matmul")
 DIRECTIONS = ("forward", "backward")
 OP_LABEL = {"relu": "relu", "softmax": "softmax", "log": "log", "xent": "softmax-xent", "matmul": "matmul"}
 #: A time whose rounds' interquartile range exceeds this fraction of its median is too noisy
-#: for a target check (shown as "unclear"), and is marked in the training-step table.
+#: for a target check (shown as "unclear"), and is marked in the tables (NOISY_MARK in the op
+#: tables, "(noisy)" in the training-step table).
 NOISY = 0.25
 #: ops bound by memory traffic: they are "within 5%" of a peer for the target check
 MEMORY_BOUND = {("relu", "forward"), ("relu", "backward"), ("softmax", "backward"),
@@ -58,6 +59,7 @@ MEMORY_BOUND = {("relu", "forward"), ("relu", "backward"), ("softmax", "backward
 #: the copy's bytes cannot beat the copy by more than this: if it does, the copy's rounds were
 #: slowed (a stall), and a "within Nx of copy" check against it is reported as unclear.
 COPY_BEATEN_BY_NOISE = 1.1
+NOISY_MARK = "†"
 
 
 # --------------------------------------------------------------------------- running
@@ -172,25 +174,29 @@ def op_rows(res: Results, dtype: str) -> Tuple[List[List[str]], List[Dict[str, A
             if group not in res.median:
                 continue
             g = lambda impl: res.get(group, impl)  # noqa: E731
+            cell = lambda impl: ms(g(impl)) + (NOISY_MARK if res.noisy(group, impl) else "")  # noqa: E731
             t_cy = g(cy)
             tf_t = g("tensorflow")
             th_t, th_i = res.best(group, res.threads("torch"))
             copy_t, copy_i = res.best(group, res.family(group, "copy-limit"))
             peer_t = min([t for t in (tf_t, th_t) if t is not None], default=None)
-            cython_cells = [ms(g(i)) for i in res.threads("cython")]
             rows.append([
                 f"{OP_LABEL[op]} {direction}",
-                ms(g("numpy")), ms(g("best-numpy")), *cython_cells,
-                ms(tf_t), ms(th_t) + _tag(th_i, "torch"),
-                ms(copy_t) + _tag(copy_i, "copy-limit"),
+                cell("numpy"), cell("best-numpy"), *(cell(i) for i in res.threads("cython")),
+                cell("tensorflow"), cell(th_i) + _tag(th_i, "torch"),
+                cell(copy_i) + _tag(copy_i, "copy-limit"),
                 ratio(g("numpy"), t_cy), ratio(g("best-numpy"), t_cy), ratio(peer_t, t_cy),
                 ratio(copy_t, t_cy, ""),
             ])
-            cy_best = min([t for t in (g(i) for i in res.threads("cython")) if t is not None], default=None)
+            cy_best, cy_best_i = res.best(group, res.threads("cython"))
+            # which of the record's times rest on noisy rounds (Results.noisy)
+            impls = {"cython": cy, "cython_best": cy_best_i, "numpy": "numpy", "best_numpy": "best-numpy",
+                     "tensorflow": "tensorflow", "torch": th_i, "copy": copy_i}
             records.append(dict(op=op, direction=direction, dtype=dtype, cython=t_cy, cython_best=cy_best,
                                 numpy=g("numpy"), best_numpy=g("best-numpy"),
                                 tensorflow=tf_t, torch=th_t,
-                                peer=peer_t, copy=copy_t))
+                                peer=peer_t, copy=copy_t,
+                                noisy={k for k, i in impls.items() if i and res.noisy(group, i)}))
     return rows, records
 
 
@@ -204,7 +210,8 @@ def op_tables(res: Results) -> Tuple[str, List[Dict[str, Any]]]:
         if not rows:
             continue
         records += recs
-        out.append(f"**{dtype}**, median ms (speedups and limit fraction of `{res.cython}`):\n")
+        out.append(f"**{dtype}**, median ms (speedups and limit fraction of `{res.cython}`; "
+                   f"{NOISY_MARK}: rounds too spread to trust the median, IQR > {NOISY:.0%} of it):\n")
         out.append(table(header, rows))
         out.append("")
     return "\n".join(out), records
@@ -317,8 +324,11 @@ def environment(res: Results) -> str:
             f"and threaded ones more (a stall on either core holds up the whole call).")
         if max(f for f in stalls.values() if f is not None) > 0.10:
             lines.append("- **This machine was stalling**: read the matmul and training-step times "
-                         "(rounds of 0.1-2 s) as unreliable; their spread is in the IQR column, and "
-                         "a target that rests on a noisy time is reported as unclear.")
+                         "(rounds of 0.1-2 s) as unreliable; their spread is in the IQR column. "
+                         f"Any median whose rounds spread more than {NOISY:.0%} of it is marked "
+                         f"({NOISY_MARK} or \"noisy\"), and a target check that such a time could have "
+                         "decided (a \"yes\" against a noisy peer, a \"no\" on a noisy kernel time: "
+                         "stalls only add time) is reported as unclear.")
     return "\n".join(lines)
 
 
@@ -327,19 +337,29 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
             best: bool = False) -> List[Tuple[str, str, Optional[bool]]]:
     """The project's kernel targets, for ``cython-<cores>t`` or (``best``) the faster thread count.
 
-    Each is ``(name, measured, met)``; ``met`` is None ("unclear") for a training-step target
-    when a time it compares is too noisy (:data:`NOISY`).
+    Each is ``(name, measured, met)``.  Every check has the form "the kernel's time <= k x
+    another time", and the noise on this kind of machine is stalls, which only ever add time.
+    So ``met`` is None ("unclear") when noise could have decided the verdict: a "yes" whose
+    other time is too noisy (:data:`NOISY`; its true value may be lower), or a "no" whose
+    kernel time is (the kernel may be faster), for the per-op checks and the training step
+    alike; and for a relu copy check whose copy ran slower than the kernel
+    (:data:`COPY_BEATEN_BY_NOISE`).
     """
     out: List[Tuple[str, str, Optional[bool]]] = []
     noisy_train = {dt: train.get(f"noisy-{dt}", set()) for dt in ("float64", "float32")}
     train = {dt: t for dt, t in train.items() if not dt.startswith("noisy-")}
     if best:
-        records = [dict(r, cython=r["cython_best"]) for r in records]
+        def best_of(r: Dict[str, Any]) -> Dict[str, Any]:
+            noisy = r["noisy"] - {"cython"} | ({"cython"} if "cython_best" in r["noisy"] else set())
+            return dict(r, cython=r["cython_best"], noisy=noisy)
+
+        records = [best_of(r) for r in records]
     by = {(r["op"], r["direction"], r["dtype"]): r for r in records}
 
-    def add(name: str, ok: Optional[bool], detail: str, unclear: bool = False) -> None:
-        if ok is not None:
-            out.append((name, detail, None if unclear else ok))
+    def add(name: str, ok: bool, detail: str, noisy: Set[str], other: str, suspect: bool = False) -> None:
+        """One check of "cython <= k x other"; ``noisy`` names the noisy ones of the two times."""
+        unclear = suspect or (other in noisy if ok else "cython" in noisy)
+        out.append((name, detail, None if unclear else ok))
 
     for dtype in ("float64", "float32"):
         def r(op: str, d: str) -> Dict[str, Any]:
@@ -352,16 +372,17 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
                 slow_copy = op == "relu" and q * COPY_BEATEN_BY_NOISE < 1
                 add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
                     f"{q:.2f}x copy" + (" (copy slower than the kernel: suspect)" if slow_copy else ""),
-                    unclear=slow_copy)
+                    x["noisy"], "copy", suspect=slow_copy)
         x = r("softmax", "backward")
         if x.get("cython") and x.get("torch"):
             q = x["torch"] / x["cython"]
-            add(f"softmax backward {dtype} >= 5x faster than torch", q >= 5, f"{q:.1f}x")
+            add(f"softmax backward {dtype} >= 5x faster than torch", q >= 5, f"{q:.1f}x",
+                x["noisy"], "torch")
         x = r("log", "forward")
         np_log = x.get("best_numpy")
         if x.get("cython") and np_log:
             add(f"log forward {dtype} faster than np.log", x["cython"] < np_log,
-                f"{np_log / x['cython']:.2f}x")
+                f"{np_log / x['cython']:.2f}x", x["noisy"], "best_numpy")
         for op in OPS:
             if op == "matmul":
                 continue
@@ -375,19 +396,19 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
                         q = x[peer] / x["cython"]
                         add(f"{op} {d} {dtype} faster than {peer.replace('_', '-')}"
                             + (" (5% slack)" if slack > 1 else ""), x["cython"] <= slack * x[peer],
-                            f"{q:.2f}x")
+                            f"{q:.2f}x", x["noisy"], peer)
     for dtype, t in train.items():
         cy_impl = res.cython
         if best:
             cy_impl = min((i for i in res.threads("cython") if t.get(i)), key=lambda i: t[i], default=cy_impl)
         cy, tf_t, floor = t.get(cy_impl), t.get("tensorflow"), t.get("gemm-floor")
-        noisy = noisy_train.get(dtype, set())
+        noisy = {"cython" if i == cy_impl else i for i in noisy_train.get(dtype, set())}
         if cy and tf_t:
             add(f"train step {dtype} no slower than TF tf.function", cy <= tf_t, f"{tf_t / cy:.2f}x",
-                unclear=bool({cy_impl, "tensorflow"} & noisy))
+                noisy, "tensorflow")
         if cy and floor:
             add(f"train step {dtype} at most 1.15x its two GEMMs", cy <= 1.15 * floor, f"{cy / floor:.2f}x floor",
-                unclear=bool({cy_impl, "gemm-floor"} & noisy))
+                noisy, "gemm-floor")
     return out
 
 
