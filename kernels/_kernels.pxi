@@ -1,5 +1,5 @@
 # Compiled kernels of Relu, Softmax, Log and SoftmaxCrossEntropy, forward and backward,
-# and the fused Adam update of pyops.model.Adam.
+# the row-argmax count behind MLP.accuracy, and the fused Adam update of pyops.model.Adam.
 #
 # Layers, top to bottom:
 #   1. C glue: OpenMP present or not, libmvec exp/log (see _simd_math.h), the build variant.
@@ -232,6 +232,33 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
     return loss
 
 
+cdef inline Py_ssize_t _argmax(const floating* x, Py_ssize_t c) noexcept nogil:
+    """Index of the first largest of x[0:c], or of the first NaN (as np.argmax)."""
+    cdef Py_ssize_t j, best = 0
+    cdef floating m = x[0], v
+    if m != m:
+        return 0
+    for j in range(1, c):
+        v = x[j]
+        if v != v:
+            return j
+        if v > m:
+            m = v
+            best = j
+    return best
+
+
+cdef inline double _count_correct(const floating* scores, const floating* labels, Py_ssize_t rows,
+                                  Py_ssize_t c) noexcept nogil:
+    """Rows whose argmax of scores is the argmax of labels."""
+    cdef Py_ssize_t r
+    cdef double count = 0
+    for r in range(rows):
+        if _argmax(scores + r * c, c) == _argmax(labels + r * c, c):
+            count += 1
+    return count
+
+
 # ------------------------------------------------- threading: one static chunk per thread
 
 cdef enum Kind:
@@ -243,11 +270,15 @@ cdef enum Kind:
     SOFTMAX_FWD
     SOFTMAX_BWD
     XENT_FWD
+    COUNT_CORRECT
 
 
 cdef inline double _range(Kind kind, const floating* a, const floating* b, floating k,
                           floating* out, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    """Run one kernel on n elements (c == 1) or n rows of c values; only XENT_FWD returns a value."""
+    """Run one kernel on n elements (c == 1) or n rows of c values.
+
+    XENT_FWD and COUNT_CORRECT return a value (COUNT_CORRECT writes nothing: out is NULL).
+    """
     if kind == RELU_FWD:
         _relu_fwd(a, out, n)
     elif kind == RELU_BWD:
@@ -264,6 +295,8 @@ cdef inline double _range(Kind kind, const floating* a, const floating* b, float
         _softmax_bwd(a, b, out, n, c)
     elif kind == XENT_FWD:
         return _xent_fwd(a, b, out, n, c)
+    elif kind == COUNT_CORRECT:
+        return _count_correct(a, b, n, c)
     return 0
 
 
@@ -284,7 +317,7 @@ cdef double _run(Kind kind, const floating* a, const floating* b, floating k, fl
         start = t * step
         if start < n:
             total += _range(kind, a + start * c, (b + start * c) if b != NULL else b, k,
-                            out + start * c, min(step, n - start), c)
+                            (out + start * c) if out != NULL else out, min(step, n - start), c)
     return total
 
 
@@ -364,6 +397,18 @@ def softmax_cross_entropy(const floating[:, ::1] z,  # IN   (N, c) logits
     with nogil:
         total = _run(XENT_FWD, &z[0, 0], &y[0, 0], 0, &s_out[0, 0], z.shape[0], z.shape[1])
     return total
+
+
+def count_correct(const floating[:, ::1] scores,  # IN   (N, c) class scores
+                  const floating[:, ::1] labels):  # IN   (N, c) label rows
+    """Number of rows whose first largest score is at the first largest label (NaN counts as largest)."""
+    cdef double total
+    if scores.shape[0] == 0 or scores.shape[1] == 0:
+        return 0
+    with nogil:
+        total = _run(COUNT_CORRECT, &scores[0, 0], &labels[0, 0], 0, <floating*>NULL,
+                     scores.shape[0], scores.shape[1])
+    return <Py_ssize_t>total
 
 
 # ----------------------------------------------------------- the Adam update

@@ -88,6 +88,11 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
     return out
 
 
+def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
+    """Rows of ``(N, c)`` ``scores`` whose argmax is the argmax of their ``labels`` row."""
+    return int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
+
+
 def _flush_subnormals(a: np.ndarray, scratch: np.ndarray, mask: np.ndarray) -> None:
     """Set the entries of ``a`` smaller in magnitude than the smallest normal float to 0."""
     np.abs(a, out=scratch)

@@ -66,6 +66,38 @@ def test_every_cpu_variant_matches_numpy(variant, dtype, rng):
     np.testing.assert_allclose(out, ref.softmax_backward(s, g, np.empty_like(x)), **tol)
 
 
+def scores_and_labels(shape, dtype, rng):
+    """Random scores and smoothed one-hot labels, with ties, NaN and infinities in some rows."""
+    n, c = shape
+    scores = rng.integers(-2, 3, size=shape).astype(dtype)   # small ints: many ties
+    labels = np.full(shape, 0.1 / c, dtype)
+    labels[np.arange(n), rng.integers(0, c, n)] += 0.9
+    rows = rng.permutation(n)[:max(1, n // 8)]
+    for k, r in enumerate(rows):
+        j = int(rng.integers(0, c))
+        if k % 4 == 0:
+            scores[r, j] = np.nan
+        elif k % 4 == 1:
+            scores[r, j] = np.inf
+        elif k % 4 == 2:
+            scores[r, :] = -np.inf
+        else:
+            labels[r, j] = np.nan
+    return scores, labels
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_count_correct_is_numpys_argmax(shape, dtype, rng):
+    """The compiled count of rows whose argmax agree, in every variant: np.argmax's ties and NaN."""
+    scores, labels = scores_and_labels(shape, dtype, rng)
+    want = int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
+    assert pyops._numpy_kernels.count_correct(scores, labels) == want
+    for variant in built_runnable_variants():
+        got = _dispatch.load_variant(variant).count_correct(scores, labels)
+        assert type(got) is int and got == want, variant
+    assert 0 < want < shape[0] or shape[0] < 8  # the case is not trivially all or none
+
+
 @pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels built without OpenMP")
 def test_threads_do_not_change_results(dtype, rng):
     """Forward and backward of every op on 1 and 2 threads, above the parallel threshold."""

@@ -391,6 +391,29 @@ def test_compute_loss_rejects_mismatched_shapes():
     assert pyops.SoftmaxCrossEntropy().forward(np.zeros((0, 10)), np.zeros((0, 10))) == 0.0
 
 
+
+def test_compute_accuracy_rejects_mismatched_shapes_and_is_nan_when_empty():
+    with pytest.raises(ValueError, match="compute_accuracy: .* same shape"):
+        compute_accuracy(np.zeros((4, 10)), np.zeros((4, 9)))
+    assert np.isnan(compute_accuracy(np.zeros((0, 10)), np.zeros((0, 10))))
+
+
+@pytest.mark.parametrize("loss", ["notebook", "xent"])
+def test_accuracy_of_each_backend_is_compute_accuracy(backend, dtype, loss):
+    """MLP.accuracy counts with its backend's kernel; the result is numpy's argmax rule."""
+    rng = np.random.default_rng(4)
+    n = 4000                                     # above the kernels' threading threshold
+    x = rng.random((n, 784)).astype(dtype)
+    y = np.eye(10, dtype=dtype)[rng.integers(0, 10, n)]
+    model = MLP(backend, dtype, loss=loss, seed=2)
+    model.forward(x, y)
+    other = np.float64 if dtype == np.float32 else np.float32
+    for labels in (y, np.repeat(y, 2, axis=0)[::2], np.asfortranarray(y), y.astype(other)):
+        acc = model.accuracy(labels)
+        assert acc == compute_accuracy(model.scores(), y)
+        assert 0.02 < acc < 0.5                  # an untrained model: near chance, not 0 or 1
+
+
 # ------------------------------------------------------------------------- training
 
 
