@@ -4,12 +4,13 @@
 # Layers, top to bottom:
 #   1. C glue: OpenMP present or not, libmvec exp/log (see _simd_math.h), the build variant.
 #   2. `cdef inline ... noexcept nogil` helpers over raw pointers and a length: one per
-#      kernel, written so gcc vectorizes them (no branches on loaded values, locals first).
+#      kernel, written so gcc vectorizes them (no branches on loaded values, locals first),
+#      except the row argmax, whose rows of ~10 classes are too short to gain from it.
 #   3. Drivers `def relu_forward(...)` etc. over typed memoryviews (fused float/double,
 #      inputs `const`, outputs passed in): split rows or elements into one static chunk
 #      per thread with `prange`, below PARALLEL_MIN_ELEMENTS on one thread.
-# Every driver trusts its caller (kernels._table via pyops.ops) to have checked dtype,
-# shape, contiguity and overlap: bounds checks are off.
+# Every driver trusts its caller (kernels._table, via pyops.ops or pyops.model) to have
+# checked dtype, shape, contiguity and overlap: bounds checks are off.
 #
 # This file is included by one .pyx per CPU variant (baseline, x86-64-v3, x86-64-v4);
 # setup.py compiles the same code with different -march flags.

@@ -531,9 +531,10 @@ class MLP:
         """
         if self._last is None:
             raise RuntimeError("MLP.accuracy called before forward")
-        n = self._last.n  # >= 1: forward refuses empty batches
+        scores = self.scores()
+        n = scores.shape[0]  # >= 1: forward refuses empty batches
         labels = np.ascontiguousarray(self._labels("MLP.accuracy", y, n))
-        return self._kernels.count_correct(self.scores(), labels) / n
+        return self._kernels.count_correct(scores, labels) / n
 
     def predict(self, x: Any) -> np.ndarray:
         """Class index of each row of ``x``: a new int array of shape (N,)."""

@@ -20,6 +20,7 @@ from pyops.model import (
 )
 
 from conftest import BACKENDS
+from pyops.backend import get_kernels
 
 DTYPES = [np.float32, np.float64]
 LOSSES = ["notebook", "xent"]
@@ -396,6 +397,9 @@ def test_compute_accuracy_rejects_mismatched_shapes_and_is_nan_when_empty():
     with pytest.raises(ValueError, match="compute_accuracy: .* same shape"):
         compute_accuracy(np.zeros((4, 10)), np.zeros((4, 9)))
     assert np.isnan(compute_accuracy(np.zeros((0, 10)), np.zeros((0, 10))))
+    for table in (get_kernels("numpy"), get_kernels("cython")):
+        with pytest.raises(ValueError, match="count_correct: .* one shape"):
+            table.count_correct(np.zeros((4, 10)), np.zeros((5, 10)))
 
 
 @pytest.mark.parametrize("loss", ["notebook", "xent"])
