@@ -92,6 +92,7 @@ class Results:
         self.env = self.machine.get("opkernels", {})
         self.median: Dict[str, Dict[str, float]] = {}
         self.iqr: Dict[str, Dict[str, float]] = {}
+        self.min: Dict[str, Dict[str, float]] = {}
         self.info: Dict[Tuple[str, str], Dict[str, Any]] = {}
         self.rounds: Dict[str, Dict[str, int]] = {}
         for b in doc.get("benchmarks", []):
@@ -100,6 +101,7 @@ class Results:
             group = b.get("group") or ""
             self.median.setdefault(group, {})[impl] = 1e3 * b["stats"]["median"]
             self.iqr.setdefault(group, {})[impl] = 1e3 * b["stats"]["iqr"]
+            self.min.setdefault(group, {})[impl] = 1e3 * b["stats"]["min"]
             self.rounds.setdefault(group, {})[impl] = int(b["stats"]["rounds"])
             self.info[(group, impl)] = extra
         self.cores = int(self.env.get("cores") or 1)
@@ -115,6 +117,16 @@ class Results:
     def best(self, group: str, impls: List[str]) -> Tuple[Optional[float], Optional[str]]:
         found = [(self.get(group, i), i) for i in impls if self.get(group, i) is not None]
         return min(found) if found else (None, None)
+
+    def noisy_best(self, group: str, impls: List[str]) -> bool:
+        """The fastest median of ``impls`` (:meth:`best`) cannot be trusted as the fastest: it is
+        noisy, or another of them is noisy with a round faster than it (that one's true median
+        may be lower: stalls only add time)."""
+        t, chosen = self.best(group, impls)
+        if chosen is None:
+            return False
+        return any(self.noisy(group, i) and (i == chosen or self.min[group][i] < t)
+                   for i in impls if self.get(group, i) is not None)
 
     def threads(self, prefix: str) -> List[str]:
         counts = sorted({1, self.cores})
@@ -189,14 +201,17 @@ def op_rows(res: Results, dtype: str) -> Tuple[List[List[str]], List[Dict[str, A
                 ratio(copy_t, t_cy, ""),
             ])
             cy_best, cy_best_i = res.best(group, res.threads("cython"))
-            # which of the record's times rest on noisy rounds (Results.noisy)
-            impls = {"cython": cy, "cython_best": cy_best_i, "numpy": "numpy", "best_numpy": "best-numpy",
-                     "tensorflow": "tensorflow", "torch": th_i, "copy": copy_i}
+            # which of the record's times rest on noisy rounds
+            noisy = {k for k, i in {"cython": cy, "numpy": "numpy", "best_numpy": "best-numpy",
+                                    "tensorflow": "tensorflow"}.items() if res.noisy(group, i)}
+            noisy |= {k for k, family in {"cython_best": res.threads("cython"), "torch": res.threads("torch"),
+                                          "copy": res.family(group, "copy-limit")}.items()
+                      if res.noisy_best(group, family)}
             records.append(dict(op=op, direction=direction, dtype=dtype, cython=t_cy, cython_best=cy_best,
                                 numpy=g("numpy"), best_numpy=g("best-numpy"),
                                 tensorflow=tf_t, torch=th_t,
                                 peer=peer_t, copy=copy_t,
-                                noisy={k for k, i in impls.items() if i and res.noisy(group, i)}))
+                                noisy=noisy))
     return rows, records
 
 
@@ -290,8 +305,8 @@ def environment(res: Results) -> str:
     blas = e.get("blas", {})
     envvars = e.get("env", {})
     tf_version = v.get("tensorflow") or v.get("tensorflow-cpu")
-    unset = ", ".join(f"`{n}` {'unset' if not envvars.get(n) else '= ' + repr(envvars[n])}"
-                      for n in UNSET_FOR_BENCHMARKS)
+    blas_env = ", ".join(f"`{n}` {'unset' if not envvars.get(n) else '= ' + repr(envvars[n])}"
+                      for n in UNSET_FOR_BENCHMARKS + ("OPENBLAS_THREAD_TIMEOUT",) if n in envvars)
     blas_core = blas.get("openblas_core")
     load_start = e.get("load_average_start")
     load_end = e.get("load_average")
@@ -310,7 +325,7 @@ def environment(res: Results) -> str:
         + (f", idle OpenMP threads: {k['omp_wait']}" if k.get("omp_wait") else "") + ".",
         f"- numpy's BLAS: {blas.get('name', '?')} {blas.get('version', '')}"
         + (f", core `{blas_core}`, {blas.get('openblas_threads')} threads" if blas_core else "")
-        + f"; {unset}.",
+        + f"; {blas_env}.",
         f"- Medians of pytest-benchmark rounds, one pytest session; options `{opts}`.",
     ]
     stalls = e.get("stall_fraction") or {}
@@ -343,14 +358,14 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
     other time is too noisy (:data:`NOISY`; its true value may be lower), or a "no" whose
     kernel time is (the kernel may be faster), for the per-op checks and the training step
     alike; and for a relu copy check whose copy ran slower than the kernel
-    (:data:`COPY_BEATEN_BY_NOISE`).
+    (:data:`COPY_BEATEN_BY_NOISE`).  A time that is the faster of 1 thread and all cores
+    (torch, the copy, cython in ``best`` mode) counts as noisy by :meth:`Results.noisy_best`.
     """
     out: List[Tuple[str, str, Optional[bool]]] = []
-    noisy_train = {dt: train.get(f"noisy-{dt}", set()) for dt in ("float64", "float32")}
     train = {dt: t for dt, t in train.items() if not dt.startswith("noisy-")}
     if best:
         def best_of(r: Dict[str, Any]) -> Dict[str, Any]:
-            noisy = r["noisy"] - {"cython"} | ({"cython"} if "cython_best" in r["noisy"] else set())
+            noisy = (r["noisy"] - {"cython"}) | ({"cython"} if "cython_best" in r["noisy"] else set())
             return dict(r, cython=r["cython_best"], noisy=noisy)
 
         records = [best_of(r) for r in records]
@@ -402,7 +417,9 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
         if best:
             cy_impl = min((i for i in res.threads("cython") if t.get(i)), key=lambda i: t[i], default=cy_impl)
         cy, tf_t, floor = t.get(cy_impl), t.get("tensorflow"), t.get("gemm-floor")
-        noisy = {"cython" if i == cy_impl else i for i in noisy_train.get(dtype, set())}
+        group = f"train-step-{dtype}"
+        cy_noisy = res.noisy_best(group, res.threads("cython")) if best else res.noisy(group, cy_impl)
+        noisy = {i for i in ("tensorflow", "gemm-floor") if res.noisy(group, i)} | ({"cython"} if cy_noisy else set())
         if cy and tf_t:
             add(f"train step {dtype} no slower than TF tf.function", cy <= tf_t, f"{tf_t / cy:.2f}x",
                 noisy, "tensorflow")
@@ -504,7 +521,7 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
     section = "\n".join(parts)
     checks = targets(records, train, res)
     best = {n: (d, ok) for n, d, ok in targets(records, train, res, best=True)}
-    yes = lambda ok: "unclear (noisy)" if ok is None else "yes" if ok else "**no**"  # noqa: E731
+    yes = lambda ok: "unclear" if ok is None else "yes" if ok else "**no**"  # noqa: E731
     target_md = table(
         ["target", f"{res.cython}", "met", "faster of 1t/all cores", "met"],
         [[n, d, yes(ok), best[n][0], yes(best[n][1])] for n, d, ok in checks],
