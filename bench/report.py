@@ -413,11 +413,11 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
                             + (" (5% slack)" if slack > 1 else ""), x["cython"] <= slack * x[peer],
                             f"{q:.2f}x", x["noisy"], peer)
     for dtype, t in train.items():
+        group = f"train-step-{dtype}"
         cy_impl = res.cython
         if best:
-            cy_impl = min((i for i in res.threads("cython") if t.get(i)), key=lambda i: t[i], default=cy_impl)
+            cy_impl = res.best(group, res.threads("cython"))[1] or cy_impl
         cy, tf_t, floor = t.get(cy_impl), t.get("tensorflow"), t.get("gemm-floor")
-        group = f"train-step-{dtype}"
         cy_noisy = res.noisy_best(group, res.threads("cython")) if best else res.noisy(group, cy_impl)
         noisy = {i for i in ("tensorflow", "gemm-floor") if res.noisy(group, i)} | ({"cython"} if cy_noisy else set())
         if cy and tf_t:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pyops._checks import same_shape_2d
+
 from ._dispatch import load
 
 _k = load()
@@ -57,10 +59,7 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
     # no op class in front of this one: check here what the unchecked loop relies on
-    if scores.ndim != 2 or labels.shape != scores.shape:
-        raise ValueError(f"count_correct: scores and labels must be 2-D of one shape, "
-                         f"got {scores.shape} and {labels.shape}")
-    return _k.count_correct(scores, labels)
+    return _k.count_correct(*same_shape_2d("count_correct", scores=scores, labels=labels))
 
 
 def adam_workspace(p: np.ndarray) -> None:

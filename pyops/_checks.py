@@ -52,6 +52,15 @@ def check_shape(where: str, name: str, a: np.ndarray, shape: Tuple[int, ...], re
         raise ValueError(f"{where}: {name} must have shape {tuple(shape)} ({ref}), got {a.shape}")
 
 
+def same_shape_2d(where: str, **arrays: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """The two keyword arrays as ndarrays; ValueError unless both are 2-D of one shape."""
+    (a_name, a), (b_name, b) = ((k, np.asarray(v)) for k, v in arrays.items())
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"{where}: {a_name} and {b_name} must be 2-D arrays of the same shape, "
+                         f"got {a.shape} and {b.shape}")
+    return a, b
+
+
 def check_out(
     where: str,
     out: Optional[np.ndarray],

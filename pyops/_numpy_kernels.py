@@ -10,6 +10,8 @@ from typing import Tuple
 
 import numpy as np
 
+from ._checks import same_shape_2d
+
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
 
 
@@ -90,9 +92,7 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
     """Rows of ``(N, c)`` ``scores`` whose argmax is the argmax of their ``labels`` row."""
-    if scores.ndim != 2 or labels.shape != scores.shape:
-        raise ValueError(f"count_correct: scores and labels must be 2-D of one shape, "
-                         f"got {scores.shape} and {labels.shape}")
+    scores, labels = same_shape_2d("count_correct", scores=scores, labels=labels)
     return int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
 
 

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _numpy_kernels
+from ._checks import same_shape_2d
 from .backend import get_kernels, get_ops
 
 __all__ = [
@@ -127,15 +128,6 @@ def add_bias_column(
     return out
 
 
-def _same_shape_2d(where: str, **arrays: Any) -> List[np.ndarray]:
-    """The two arrays as ndarrays; ValueError unless both are 2-D of one shape."""
-    (a_name, a), (b_name, b) = ((k, np.asarray(v)) for k, v in arrays.items())
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"{where}: {a_name} and {b_name} must be 2-D arrays of the same shape, "
-                         f"got {a.shape} and {b.shape}")
-    return [a, b]
-
-
 def compute_loss(log_prob: np.ndarray, labels: np.ndarray) -> float:
     """The notebook's loss: ``mean(sum(-log_prob * labels, axis=1))``, as a Python float.
 
@@ -144,7 +136,7 @@ def compute_loss(log_prob: np.ndarray, labels: np.ndarray) -> float:
     was about 1.3 ms of a float32 step).  0.0 for ``N == 0``, as
     :class:`~pyops.SoftmaxCrossEntropy`.
     """
-    log_prob, labels = _same_shape_2d("compute_loss", log_prob=log_prob, labels=labels)
+    log_prob, labels = same_shape_2d("compute_loss", log_prob=log_prob, labels=labels)
     n = log_prob.shape[0]
     return -float(np.vdot(log_prob, labels)) / n if n else 0.0
 
@@ -155,7 +147,7 @@ def compute_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     ``argmax(scores) == argmax(labels)`` row by row; :meth:`MLP.accuracy` computes the
     same with its backend's kernel.
     """
-    scores, labels = _same_shape_2d("compute_accuracy", scores=scores, labels=labels)
+    scores, labels = same_shape_2d("compute_accuracy", scores=scores, labels=labels)
     n = scores.shape[0]
     return _numpy_kernels.count_correct(scores, labels) / n if n else float("nan")
 
