@@ -109,15 +109,28 @@ cdef inline void _relu_bwd(const floating* x, const floating* g, floating* out,
         out[i] = gi * (x[i] > 0)            # a product, as TensorFlow: NaN in g stays NaN
 
 
-cdef inline void _log_fwd(const floating* x, floating eps, floating* out,
-                          Py_ssize_t n) noexcept nogil:
+cdef inline int _log_fwd(const floating* x, floating eps, floating* out,
+                         Py_ssize_t n) noexcept nogil:
+    """out = log(x + eps); return nonzero if some x + eps may be <= 0 (a NaN or -inf out).
+
+    The flag is cheap, not exact: a double is compared after rounding to float, because gcc
+    vectorizes a double compare-reduction only from AVX2 on, so a positive double below
+    ~1e-45 also raises it.  The caller recounts exactly before it warns.
+    """
     cdef Py_ssize_t i
+    cdef floating v
+    cdef int maybe = 0
     if floating is float:
         for i in range(n):
-            out[i] = logf(x[i] + eps)
+            v = x[i] + eps
+            out[i] = logf(v)
+            maybe |= v <= 0
     else:
         for i in range(n):
-            out[i] = log(x[i] + eps)
+            v = x[i] + eps
+            out[i] = log(v)
+            maybe |= <float>v <= 0
+    return maybe
 
 
 cdef inline void _log_bwd(const floating* x, const floating* g, floating eps, floating* out,
@@ -278,14 +291,14 @@ cdef inline double _range(Kind kind, const floating* a, const floating* b, float
                           floating* out, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
     """Run one kernel on n elements (c == 1) or n rows of c values.
 
-    XENT_FWD and COUNT_CORRECT return a value (COUNT_CORRECT writes nothing: out is NULL).
+    LOG_FWD, XENT_FWD and COUNT_CORRECT return a value (COUNT_CORRECT writes nothing: out is NULL).
     """
     if kind == RELU_FWD:
         _relu_fwd(a, out, n)
     elif kind == RELU_BWD:
         _relu_bwd(a, b, out, n)
     elif kind == LOG_FWD:
-        _log_fwd(a, k, out, n)
+        return _log_fwd(a, k, out, n)
     elif kind == LOG_BWD:
         _log_bwd(a, b, k, out, n)
     elif kind == SCALED_DIFF:
@@ -345,10 +358,13 @@ def relu_backward(const floating[::1] x,  # IN   forward input
 def log_forward(const floating[::1] x,  # IN
                 floating eps,
                 floating[::1] out):     # OUT  log(x + eps)
+    """Fill out; return True if some x + eps may be <= 0 (see _log_fwd: recount to be sure)."""
+    cdef double maybe
     if x.shape[0] == 0:
-        return
+        return False
     with nogil:
-        _run(LOG_FWD, &x[0], NULL, eps, &out[0], x.shape[0], 1)
+        maybe = _run(LOG_FWD, &x[0], NULL, eps, &out[0], x.shape[0], 1)
+    return maybe != 0
 
 
 def log_backward(const floating[::1] x,  # IN   forward input

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyops._checks import same_shape_2d
+from pyops._checks import same_shape_2d, warn_log_domain
 
 from ._dispatch import load
 
@@ -38,7 +38,8 @@ def softmax_backward(s: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarra
 
 
 def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
-    _k.log_forward(x.reshape(-1), eps, out.reshape(-1))
+    if _k.log_forward(x.reshape(-1), eps, out.reshape(-1)):  # maybe some x + eps <= 0
+        warn_log_domain(x, eps)
     return out
 
 

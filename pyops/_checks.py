@@ -6,6 +6,7 @@ say what was expected, so both backends fail the same way on the same input.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -109,3 +110,24 @@ def check_out(
                 f"(kept in mem for backward, or read after {name} is written); pass another array"
             )
     return out
+
+
+def warn_log_domain(x: np.ndarray, eps: float) -> None:
+    """Warn (RuntimeWarning) if some ``x + eps <= 0``, where ``Log`` gives NaN or -inf.
+
+    Both kernel tables call this after their forward pass flagged such a value, so a
+    bad input warns the same way on each backend (``np.log`` itself warns only on
+    numpy, and without naming the op).  The count here is exact: a false alarm from
+    the compiled kernel's cheap flag stays silent.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = x + x.dtype.type(eps)  # the kernels' own rounding
+    below = int(np.count_nonzero(shifted < 0))
+    at = int(np.count_nonzero(shifted == 0))
+    if below or at:
+        warnings.warn(
+            f"Log.forward: {below + at} of {x.size} inputs are <= -eps (eps={eps!r}): "
+            f"log(x + eps) is NaN for {below} below -eps and -inf for {at} at -eps",
+            RuntimeWarning,
+            stacklevel=4,  # warn_log_domain <- kernel table <- Log.forward <- its caller
+        )

@@ -10,7 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ._checks import same_shape_2d
+from ._checks import same_shape_2d, warn_log_domain
 
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
 
@@ -46,17 +46,29 @@ def softmax_backward(s: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarra
 
 
 def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
-    """``out = log(x + eps)``."""
+    """``out = log(x + eps)``; warns, naming ``Log``, if some ``x + eps <= 0``."""
     np.add(x, x.dtype.type(eps), out=out)
-    return np.log(out, out=out)
+    try:
+        with np.errstate(invalid="raise", divide="raise"):  # np.log's flags: x + eps < 0, == 0
+            return np.log(out, out=out)
+    except FloatingPointError:
+        pass
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.log(np.add(x, x.dtype.type(eps), out=out), out=out)
+    warn_log_domain(x, eps)
+    return out
 
 
 def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
-    """``out = g / (x + eps)``; ``out`` may be ``g`` itself (then a temporary holds ``x + eps``)."""
-    if np.may_share_memory(out, g):
-        return np.divide(g, x + x.dtype.type(eps), out=out)
-    np.add(x, x.dtype.type(eps), out=out)
-    return np.divide(g, out, out=out)
+    """``out = g / (x + eps)``; ``out`` may be ``g`` itself (then a temporary holds ``x + eps``).
+
+    Silent at ``x + eps == 0``, like the compiled kernel: the forward pass has warned.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if np.may_share_memory(out, g):
+            return np.divide(g, x + x.dtype.type(eps), out=out)
+        np.add(x, x.dtype.type(eps), out=out)
+        return np.divide(g, out, out=out)
 
 
 def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:

@@ -219,7 +219,9 @@ class Log(Op):
     """Natural logarithm with a floor, elementwise on an array of any shape.
 
     forward:  ``y = log(x + eps)``, ``eps = 1e-12`` (attribute ``eps``), so a
-              probability of exactly 0 gives a finite value.
+              probability of exactly 0 gives a finite value.  At or below
+              ``-eps`` it gives -inf or NaN, as ``np.log``, and warns
+              (``RuntimeWarning`` naming ``Log``) on both backends.
     backward: ``dL/dx = G / (x + eps)``, from ``dy = dx ⊘ (x + eps)``.
     Shapes: x, y, G and dL/dx all have the same shape.
     """

@@ -209,3 +209,17 @@ def test_property_softmax_rows_are_distributions(x):
     s = pyops.get_ops("cython").Softmax().forward(x * 1e3)  # large logits must not overflow
     assert np.all(np.isfinite(s)) and np.all(s >= 0)
     np.testing.assert_allclose(s.sum(axis=1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [5, 100_003], ids=["1-thread", "threaded"])
+def test_log_domain_flag_in_every_variant(size, dtype):
+    """Each variant's log_forward returns True when some x + eps <= 0, wherever it is, and
+    False on valid input (the flag pyops turns into Log's RuntimeWarning)."""
+    for variant in built_runnable_variants():
+        mod = _dispatch.load_variant(variant)
+        for bad_at in (None, 0, size // 2, size - 1):
+            x = np.ones(size, dtype)
+            if bad_at is not None:
+                x[bad_at] = -0.5
+            flag = mod.log_forward(x, dtype(0.5), np.empty_like(x))
+            assert flag is (bad_at is not None), (variant, bad_at)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -205,3 +206,51 @@ def test_both_backends_raise_the_same_message():
                 case(pyops.get_ops(name))
             messages.append((type(info.value), str(info.value)))
         assert messages[0] == messages[1]
+
+
+# ------------------------------------------------------------ Log outside its domain
+# Not an error: log(x + eps) is NaN below -eps and -inf at -eps, as np.log gives, but both
+# backends warn the same way, naming the op.  Sizes on both sides of the threading threshold,
+# with the bad value last, so that it lies in the last thread's chunk.
+@pytest.mark.parametrize("size", [7, 100_003])
+def test_log_outside_its_domain_warns_on_both_backends(ops, dtype, size):
+    eps = 0.25
+    x = np.full(size, 2.0, dtype)
+    x[-1] = -1.0            # below -eps: NaN
+    x[size // 2] = -eps     # at -eps: -inf
+    kept = x.copy()
+    with pytest.warns(RuntimeWarning, match=r"^Log\.forward: 2 of \d+ inputs are <= -eps \(eps=0\.25\): "
+                                            r"log\(x \+ eps\) is NaN for 1 below -eps and -inf for 1 at -eps"):
+        y = ops.Log(eps=eps).forward(x)
+    assert np.isnan(y[-1]) and y[size // 2] == -np.inf
+    np.testing.assert_allclose(y[:3], np.log(dtype(2.25)), rtol=1e-6)
+    np.testing.assert_array_equal(x, kept)
+
+
+@pytest.mark.parametrize("size", [7, 100_003])
+def test_log_in_its_domain_is_silent(ops, dtype, size):
+    """No warning for valid inputs: NaN in (NaN out, as np.log), +inf, and tiny positive
+    values, which the compiled kernel's cheap float32 flag catches as a false alarm in float64."""
+    x = np.full(size, 1.0, dtype)
+    x[0], x[1], x[2] = np.nan, np.inf, np.finfo(dtype).tiny
+    if dtype == np.float64:
+        x[3] = 1e-300      # positive, but 0 once rounded to float32
+    op = ops.Log(eps=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = op.forward(x)
+        op.backward(np.ones_like(x))
+        want = np.log(x)
+    np.testing.assert_array_equal(y, want)
+
+
+def test_log_backward_at_minus_eps_is_silent(ops, dtype):
+    """The forward pass has warned; backward gives g / 0 = inf on both backends without a second warning."""
+    x = np.array([0.0, 1.0], dtype)
+    op = ops.Log(eps=0.0)
+    with pytest.warns(RuntimeWarning, match=r"^Log\.forward: 1 of 2"):
+        op.forward(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = op.backward(np.array([1.0, 1.0], dtype))
+    assert g[0] == np.inf and g[1] == 1.0
