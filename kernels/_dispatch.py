@@ -114,7 +114,12 @@ def load() -> ModuleType:
     """The compiled module to use: ``$PYOPS_CPU_VARIANT`` if set, else the best runnable build."""
     forced = os.environ.get("PYOPS_CPU_VARIANT", "").strip()
     if forced:
-        return load_variant(forced)
+        try:
+            return load_variant(forced)
+        except (ValueError, ImportError) as exc:
+            # An ImportError, whatever the cause, so that pyops.available_backends() and the
+            # backend switch treat a bad forced variant as "cython cannot be loaded".
+            raise ImportError(f"PYOPS_CPU_VARIANT={forced!r}: {exc}") from exc
     built = set(built_variants())
     for name in runnable_variants():
         if name in built:

@@ -98,6 +98,10 @@ def _from_environment() -> None:
     if not name:
         return
     try:
-        set_backend(name)
+        _check_name(name)
     except ValueError as e:
         raise ValueError(f"PYOPS_BACKEND: {e}") from None
+    try:
+        set_backend(name)
+    except ImportError as e:
+        raise ImportError(f"PYOPS_BACKEND={name!r}: {e}") from e

@@ -117,7 +117,28 @@ def test_forcing_a_cpu_variant(variant):
 
 def test_forcing_an_unknown_variant_fails():
     out = run_python("import kernels", PYOPS_CPU_VARIANT="avx9000")
-    assert out.returncode != 0 and "unknown CPU variant 'avx9000'" in out.stderr
+    assert out.returncode != 0
+    assert "ImportError: PYOPS_CPU_VARIANT='avx9000': unknown CPU variant 'avx9000'" in out.stderr
+
+
+def test_an_unknown_variant_makes_cython_unavailable_not_pyops_unusable():
+    # the numpy backend keeps working; asking for cython names the variable at fault
+    script = (
+        "import pyops\n"
+        "print(pyops.available_backends())\n"
+        "try:\n"
+        "    pyops.set_backend('cython')\n"
+        "except ImportError as e:\n"
+        "    print('ImportError', e)\n"
+    )
+    out = run_python(script, PYOPS_CPU_VARIANT="avx9000")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "('numpy',)"
+    assert lines[1].startswith("ImportError PYOPS_CPU_VARIANT='avx9000': unknown CPU variant")
+    both = run_python("import pyops", PYOPS_CPU_VARIANT="avx9000", PYOPS_BACKEND="cython")
+    assert both.returncode != 0
+    assert "ImportError: PYOPS_BACKEND='cython': PYOPS_CPU_VARIANT='avx9000'" in both.stderr
 
 
 def test_build_info_and_threads():
