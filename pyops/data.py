@@ -815,21 +815,21 @@ def one_hot(labels: Any, num_classes: int = 10, dtype: Any = np.float64) -> np.n
            [1., 0., 0.]])
     """
     if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
+        raise TypeError(f"one_hot: num_classes must be an int, got {num_classes!r}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be positive, got {num_classes}")
+        raise ValueError(f"one_hot: num_classes must be positive, got {num_classes}")
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}")
+        raise ValueError(f"one_hot: labels must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
         return np.zeros((0, int(num_classes)), dtype=dtype)
     if array.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integers, got dtype {array.dtype}")
+        raise TypeError(f"one_hot: labels must be integers, got dtype {array.dtype}")
     bad = np.flatnonzero((array < 0) | (array >= num_classes))
     if bad.size:
         i = int(bad[0])
         raise ValueError(
-            f"{bad.size} label(s) outside 0..{num_classes - 1}; "
+            f"one_hot: {bad.size} label(s) outside 0..{num_classes - 1}; "
             f"first is labels[{i}] = {array[i]}"
         )
     out = np.zeros((array.size, int(num_classes)), dtype=dtype)
