@@ -493,6 +493,12 @@ def evaluate(args: argparse.Namespace) -> int:
     """``pyops evaluate``: test loss and accuracy of a saved model."""
     model = MLP.load(args.model, backend=args.backend)
     (_, _), (xt, yt) = _data.load_mnist(args.data, verbose=True)
+    pixels, classes = int(np.prod(np.shape(xt)[1:])), int(np.max(yt)) + 1
+    if model.n_in != pixels or model.n_out < classes:
+        print(f"pyops evaluate: error: {args.model} holds a {model.n_in}+1-{model.n_hidden}-"
+              f"{model.n_out} network; the test set needs {pixels} inputs and {classes} outputs",
+              file=sys.stderr)
+        return 1
     Xt = add_bias_column(xt, model.dtype, n_features=model.n_in, divide_by=255.0)
     Yt = _data.one_hot(np.asarray(yt).astype(np.intp), model.n_out, model.dtype)
     loss, acc = test(model, Xt, Yt)

@@ -575,8 +575,12 @@ class MLP:
                                 n_hidden=config["n_hidden"], n_out=config["n_out"])
             except (ValueError, KeyError, TypeError) as e:
                 raise ModelFileError(f"{not_saved} (bad config: {e!r})") from e
-        model = cls(backend, seed=0, **settings)
-        model.W1, model.W2 = W1, W2
+        get_ops(backend)  # an unknown or unbuilt backend is the caller's error, not the file's
+        try:
+            model = cls(backend, seed=0, **settings)
+            model.W1, model.W2 = W1, W2
+        except (ValueError, TypeError) as e:  # a config MLP refuses, or weights that do not fit it
+            raise ModelFileError(f"{not_saved} ({e})") from e
         model.metadata = metadata
         return model
 

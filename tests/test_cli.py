@@ -171,7 +171,8 @@ def test_training_learns_the_fake_data(fake_mnist, tmp_path):
     assert record["time_to_97"] == (None if first is None else first["elapsed"])
 
 
-@pytest.mark.parametrize("content", [b"not a model\n", b"npy", b"npz-other", b"npz-bad-config"])
+@pytest.mark.parametrize("content", [b"not a model\n", b"npy", b"npz-other", b"npz-bad-config",
+                                     b"npz-bad-size", b"npz-bad-shape"])
 def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, content):
     path = tmp_path / "m.npz"
     if content == b"npy":
@@ -181,12 +182,25 @@ def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, conte
         np.savez(path, a=np.zeros(3))
     elif content == b"npz-bad-config":
         np.savez(path, W1=np.zeros((785, 100)), W2=np.zeros((100, 10)), config=np.array('{"dtype": 1}'))
+    elif content in (b"npz-bad-size", b"npz-bad-shape"):  # a config MLP refuses; weights that do not fit
+        n_in = -1 if content == b"npz-bad-size" else 784
+        config = dict(dtype="float64", loss="xent", n_in=n_in, n_hidden=100, n_out=10)
+        np.savez(path, W1=np.zeros((785, 99)), W2=np.zeros((100, 10)), config=np.array(json.dumps(config)))
     else:
         path.write_bytes(content)
     assert cli.main(["evaluate", str(path), "--data", fake_mnist.path]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"pyops evaluate: error: MLP.load: {path} is not a model written by MLP.save")
     assert "pickle" not in err
+
+
+def test_evaluate_a_model_of_another_size(fake_mnist, tmp_path, capsys):
+    path = tmp_path / "small.npz"
+    pyops.MLP(n_in=6, n_hidden=4, n_out=10, seed=0).save(path)
+    assert cli.main(["evaluate", str(path), "--data", fake_mnist.path]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyops evaluate: error: {path} holds a 6+1-4-10 network; "
+                          "the test set needs 784 inputs and 10 outputs")
 
 
 def test_notebook_recipe_is_full_batch_gradient_descent(fake_mnist, tmp_path, capsys):
