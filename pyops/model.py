@@ -629,6 +629,17 @@ def _as_list(arrays: Any) -> List[np.ndarray]:
     return [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
 
 
+def _hyper(where: str, name: str, value: Any, positive: bool = False) -> float:
+    """``value`` as a float, checked to be finite and >= 0 (> 0 if ``positive``)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}: {name} must be a real number, got {value!r}") from None
+    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
+        raise ValueError(f"{where}: {name} must be finite and {'>' if positive else '>='} 0, got {value!r}")
+    return x
+
+
 class _Optimizer:
     def __init__(self, params: Any, lr: float) -> None:
         self.params = _as_list(params)
@@ -637,9 +648,11 @@ class _Optimizer:
                 raise TypeError(
                     f"{type(self).__name__}: params must be writeable float32/float64 arrays"
                 )
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
-        self.lr = float(lr)
+        self.lr = _hyper(type(self).__name__, "lr", lr, positive=True)
+
+    def _step_lr(self, lr: Optional[float]) -> float:
+        """The learning rate of this step: ``self.lr``, or the override (0 allowed: a schedule's end)."""
+        return self.lr if lr is None else _hyper(f"{type(self).__name__}.step", "lr", lr)
 
     def _grads(self, grads: Any, contiguous: bool = False) -> List[np.ndarray]:
         where = f"{type(self).__name__}.step"
@@ -676,13 +689,14 @@ class SGD(_Optimizer):
         super().__init__(params, lr)
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+        self.momentum = float(momentum)
+        self.weight_decay = _hyper("SGD", "weight_decay", weight_decay)
         self._v = [np.zeros_like(p) for p in self.params] if momentum else None
         self._tmp = [np.empty(p.shape, p.dtype) for p in self.params]
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""
-        lr = self.lr if lr is None else float(lr)
+        lr = self._step_lr(lr)
         for i, (p, g) in enumerate(zip(self.params, self._grads(grads))):
             tmp = self._tmp[i]
             if self.weight_decay:
@@ -751,7 +765,9 @@ class Adam(_Optimizer):
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
-        self.betas, self.eps, self.weight_decay = (b1, b2), float(eps), float(weight_decay)
+        self.betas = (b1, b2)
+        self.eps = _hyper("Adam", "eps", eps)
+        self.weight_decay = _hyper("Adam", "weight_decay", weight_decay)
         self.t = 0
         self._m = [np.zeros(p.shape, p.dtype) for p in self.params]
         self._v = [np.zeros(p.shape, p.dtype) for p in self.params]
@@ -760,7 +776,7 @@ class Adam(_Optimizer):
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""
-        lr = self.lr if lr is None else float(lr)
+        lr = self._step_lr(lr)
         gs = self._grads(grads, contiguous=self._kernels.CONTIGUOUS_INPUTS)
         self.t += 1
         b1, b2 = self.betas

@@ -585,6 +585,45 @@ def test_sgd_is_the_notebook_update_and_momentum_converges():
         opt.step([np.zeros(2)])
 
 
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(lr=0.0), r"SGD: lr must be finite and > 0, got 0\.0"),
+    (dict(lr=float("inf")), r"SGD: lr must be finite and > 0, got inf"),
+    (dict(lr=-1), r"SGD: lr must be finite and > 0, got -1"),
+    (dict(lr=0.1, weight_decay=float("nan")), r"SGD: weight_decay must be finite and >= 0"),
+    (dict(lr=0.1, weight_decay=-0.1), r"SGD: weight_decay must be finite and >= 0"),
+])
+def test_sgd_rejects_bad_hyperparameters(kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        SGD(np.zeros(2), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(lr=float("nan")), r"Adam: lr must be finite and > 0"),
+    (dict(eps=float("inf")), r"Adam: eps must be finite and >= 0, got inf"),
+    (dict(eps=-1e-8), r"Adam: eps must be finite and >= 0"),
+    (dict(weight_decay=-1.0), r"Adam: weight_decay must be finite and >= 0"),
+])
+def test_adam_rejects_bad_hyperparameters(backend, kwargs, error):
+    with pytest.raises(ValueError, match=error):
+        Adam(np.zeros(2), backend=backend, **kwargs)
+    with pytest.raises(TypeError, match=r"Adam: eps must be a real number, got 'small'"):
+        Adam(np.zeros(2), eps="small", backend=backend)
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: Adam(p, lr=0.1, backend="numpy")],
+                         ids=["SGD", "Adam"])
+def test_a_step_lr_may_be_zero_but_not_negative_or_inf(make):
+    p = np.ones(2)
+    opt = make(p)
+    name = type(opt).__name__
+    opt.step(np.ones(2), lr=0.0)  # the end of a cosine schedule
+    np.testing.assert_array_equal(p, 1.0)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=rf"^{name}\.step: lr must be finite and >= 0"):
+            opt.step(np.ones(2), lr=bad)
+    np.testing.assert_array_equal(p, 1.0)
+
+
 def test_cosine_schedule():
     assert cosine_lr(1.0, 0, 100) == 1.0
     assert cosine_lr(1.0, 50, 100) == pytest.approx(0.5)
