@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyops._checks import same_shape_2d, warn_log_domain
+from pyops._checks import count_correct_inputs, warn_log_domain
 
 from ._dispatch import load
 
@@ -60,7 +60,7 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
     # no op class in front of this one: check here what the unchecked loop relies on
-    return _k.count_correct(*same_shape_2d("count_correct", scores=scores, labels=labels))
+    return _k.count_correct(*count_correct_inputs("count_correct", scores, labels))
 
 
 def adam_workspace(p: np.ndarray) -> None:

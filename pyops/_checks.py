@@ -62,6 +62,20 @@ def same_shape_2d(where: str, **arrays: Any) -> Tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def count_correct_inputs(where: str, scores: Any, labels: Any) -> Tuple[np.ndarray, np.ndarray]:
+    """``scores`` and ``labels`` for a row-argmax count: 2-D, one shape, real, at least one
+    column if there are rows; as C-contiguous arrays of one float dtype (float32 if both
+    are float32, else float64: exact for every value an argmax compares)."""
+    s, lab = same_shape_2d(where, scores=scores, labels=labels)
+    for name, a in (("scores", s), ("labels", lab)):
+        if a.dtype.kind not in "fiub":
+            raise TypeError(f"{where}: {name} must hold real numbers, got dtype {a.dtype}")
+    if s.shape[0] and not s.shape[1]:
+        raise ValueError(f"{where}: rows with no columns have no argmax, got shape {s.shape}")
+    dtype = np.float32 if s.dtype == lab.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(s, dtype), np.ascontiguousarray(lab, dtype)
+
+
 def check_out(
     where: str,
     out: Optional[np.ndarray],

@@ -10,7 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ._checks import same_shape_2d, warn_log_domain
+from ._checks import count_correct_inputs, warn_log_domain
 
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
 
@@ -104,7 +104,7 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
     """Rows of ``(N, c)`` ``scores`` whose argmax is the argmax of their ``labels`` row."""
-    scores, labels = same_shape_2d("count_correct", scores=scores, labels=labels)
+    scores, labels = count_correct_inputs("count_correct", scores, labels)
     return int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
 
 

@@ -402,6 +402,22 @@ def test_compute_accuracy_rejects_mismatched_shapes_and_is_nan_when_empty():
             table.count_correct(np.zeros((4, 10)), np.zeros((5, 10)))
 
 
+def test_both_count_correct_tables_take_any_real_2d_input_alike():
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((10, 37))[:, ::3]          # (10, 13), not contiguous
+    labels = np.eye(13, dtype=np.int64)[rng.integers(0, 13, 10)]
+    labels[0] = np.eye(13, dtype=np.int64)[int(np.argmax(scores[0]))]  # at least one hit
+    want = int(np.sum(np.argmax(scores, 1) == np.argmax(labels, 1)))
+    for table in (get_kernels("numpy"), get_kernels("cython")):
+        assert table.count_correct(scores, labels) == want
+        assert table.count_correct(scores.astype(np.float32), labels.astype(bool)) == want
+        with pytest.raises(ValueError, match=r"^count_correct: rows with no columns have no argmax"):
+            table.count_correct(np.zeros((2, 0)), np.zeros((2, 0)))
+        assert table.count_correct(np.zeros((0, 3)), np.zeros((0, 3))) == 0
+        with pytest.raises(TypeError, match=r"^count_correct: scores must hold real numbers"):
+            table.count_correct(scores.astype(complex), labels)
+
+
 @pytest.mark.parametrize("loss", ["notebook", "xent"])
 def test_accuracy_of_each_backend_is_compute_accuracy(backend, dtype, loss):
     """MLP.accuracy counts with its backend's kernel; the result is numpy's argmax rule."""
