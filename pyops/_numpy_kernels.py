@@ -6,7 +6,8 @@ same functions, compiled; the op classes never know which one they call.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import functools
+from typing import Callable, Tuple, TypeVar
 
 import numpy as np
 
@@ -14,17 +15,35 @@ from ._checks import count_correct_inputs, warn_log_domain
 
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
 
+F = TypeVar("F", bound=Callable)
 
+
+def _ieee(kernel: F) -> F:
+    """Run ``kernel`` with numpy's floating-point warnings off, as the compiled kernels run.
+
+    Infinities and NaNs in the inputs give the IEEE results (``inf - inf`` is NaN, ...)
+    silently on both backends; only ``Log``'s domain check warns (see :func:`log_forward`).
+    """
+    @functools.wraps(kernel)
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return kernel(*args, **kwargs)
+    return quiet  # type: ignore[return-value]
+
+
+@_ieee
 def relu_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = max(x, 0)``; NaN propagates as in TensorFlow."""
     return np.maximum(x, 0, out=out)
 
 
+@_ieee
 def relu_backward(x: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = g * (x > 0)``: a product, as TensorFlow's ReluGrad (NaN in g stays NaN)."""
     return np.multiply(g, x > 0, out=out)
 
 
+@_ieee
 def softmax_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Row softmax, stable: ``exp(x - max(x)) / sum(exp(x - max(x)))``."""
     if x.size == 0:
@@ -35,6 +54,7 @@ def softmax_forward(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@_ieee
 def softmax_backward(s: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Batched VJP ``s * (g - <g, s>)``: the product with ``J = diag(s) - s s^T`` per row."""
     if s.size == 0:
@@ -71,6 +91,7 @@ def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> n
         return np.divide(g, out, out=out)
 
 
+@_ieee
 def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
     """Mean softmax cross-entropy of logits ``z`` against label rows ``y``.
 
@@ -95,6 +116,7 @@ def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
     return float(-total / n)
 
 
+@_ieee
 def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -> np.ndarray:
     """``out = scale * (s - y)``; the op passes ``scale = grad / N``."""
     np.subtract(s, y, out=out)

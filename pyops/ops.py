@@ -13,10 +13,16 @@ table swapped in, so both backends share one API and fail the same way.
 Dtype rule: inputs must be float32 or float64 (TypeError otherwise, no silent
 cast); every array of one call, including ``grad_y`` and ``out``, must have the
 dtype of the forward input; results have that dtype.
+
+Memory rule: ``mem`` holds references, not copies, where it can: the caller's input
+(``Relu``, ``Log``, ``Matmul``; the numpy backend, or an already C-contiguous input on the
+cython one) or the returned output (``Softmax``).  Changing those arrays in place between
+``forward`` and ``backward`` changes the gradient; ``out=`` refuses such aliases.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from types import ModuleType
 from typing import Any, Optional, Tuple
 
@@ -52,8 +58,15 @@ class Op:
         return f"{type(self).__name__}.{method}"
 
     def _input(self, method: str, name: str, a: Any) -> np.ndarray:
-        """Check the dtype; give compiled kernels the C-contiguous copy they need."""
-        a = as_float_array(self._where(method), name, a)
+        """Check the dtype of input ``a`` (the caller's array: ``out=`` is checked against it)."""
+        return as_float_array(self._where(method), name, a)
+
+    def _c(self, a: np.ndarray) -> np.ndarray:
+        """``a``, or the C-contiguous copy of it that compiled kernels need.
+
+        Called after ``check_out``, so that both backends check ``out=`` against the
+        caller's arrays rather than against a private copy.
+        """
         if self._kernels.CONTIGUOUS_INPUTS and not a.flags.c_contiguous:
             a = a.copy(order="C")  # not np.ascontiguousarray: it turns 0-d into 1-d
         return a
@@ -174,6 +187,7 @@ class Relu(Op):
         x = self._input("forward", "x", x)
         # in place is safe: backward needs only the sign of x, and relu keeps it
         out = check_out(self._where("forward"), out, x.shape, x.dtype, (x,))
+        x = self._c(x)
         self.mem = {"x": x}
         return self._kernels.relu_forward(x, self._alloc(out, x.shape, x.dtype))
 
@@ -182,7 +196,7 @@ class Relu(Op):
         (x,) = self._recall("x")
         g = self._grad(grad_y, x)
         out = check_out(self._where("backward"), out, x.shape, x.dtype, (g,), kept={"x": x})
-        return self._kernels.relu_backward(x, g, self._alloc(out, x.shape, x.dtype))
+        return self._kernels.relu_backward(x, self._c(g), self._alloc(out, x.shape, x.dtype))
 
 
 class Softmax(Op):
@@ -203,7 +217,7 @@ class Softmax(Op):
         x = self._input("forward", "x", x)
         check_ndim(where, "x", x, 2, "(N, c)")
         out = check_out(where, out, x.shape, x.dtype, (x,))
-        s = self._kernels.softmax_forward(x, self._alloc(out, x.shape, x.dtype))
+        s = self._kernels.softmax_forward(self._c(x), self._alloc(out, x.shape, x.dtype))
         self.mem = {"out": s}
         return s
 
@@ -212,7 +226,7 @@ class Softmax(Op):
         (s,) = self._recall("out")
         g = self._grad(grad_y, s)
         out = check_out(self._where("backward"), out, s.shape, s.dtype, (g,), kept={"s": s})
-        return self._kernels.softmax_backward(s, g, self._alloc(out, s.shape, s.dtype))
+        return self._kernels.softmax_backward(s, self._c(g), self._alloc(out, s.shape, s.dtype))
 
 
 class Log(Op):
@@ -228,10 +242,9 @@ class Log(Op):
 
     def __init__(self, eps: float = 1e-12) -> None:
         super().__init__()
-        try:
-            value = float(eps)
-        except (TypeError, ValueError):
-            raise TypeError(f"Log: eps must be a real number, got {eps!r}") from None
+        if not isinstance(eps, numbers.Real) or isinstance(eps, (bool, np.bool_)):
+            raise TypeError(f"Log: eps must be a real number, got {eps!r}")
+        value = float(eps)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"Log: eps must be finite and >= 0, got {eps!r}")
         self.eps = value
@@ -242,7 +255,13 @@ class Log(Op):
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Return ``log(x + eps)``; keeps ``x`` in ``mem``."""
         x = self._input("forward", "x", x)
+        if self.eps > float(np.finfo(x.dtype).max):  # the kernels compute in x's dtype
+            raise ValueError(
+                f"{self._where('forward')}: eps={self.eps!r} overflows {x.dtype} "
+                f"(largest {np.finfo(x.dtype).max:.4g}); use a smaller eps or float64 input"
+            )
         out = check_out(self._where("forward"), out, x.shape, x.dtype, kept={"x": x})
+        x = self._c(x)
         self.mem = {"x": x}
         return self._kernels.log_forward(x, self.eps, self._alloc(out, x.shape, x.dtype))
 
@@ -251,7 +270,7 @@ class Log(Op):
         (x,) = self._recall("x")
         g = self._grad(grad_y, x)
         out = check_out(self._where("backward"), out, x.shape, x.dtype, (g,), kept={"x": x})
-        return self._kernels.log_backward(x, g, self.eps, self._alloc(out, x.shape, x.dtype))
+        return self._kernels.log_backward(x, self._c(g), self.eps, self._alloc(out, x.shape, x.dtype))
 
 
 class SoftmaxCrossEntropy(Op):
@@ -271,7 +290,7 @@ class SoftmaxCrossEntropy(Op):
     def forward(self, z: Any, labels: Any) -> float:
         """Return the mean cross-entropy; keeps ``softmax(z)`` and the label rows in ``mem``."""
         where = self._where("forward")
-        z = self._input("forward", "z", z)
+        z = self._c(self._input("forward", "z", z))
         check_ndim(where, "z", z, 2, "(N, c)")
         y = self._labels(where, labels, z)
         s = np.empty_like(z)
@@ -293,7 +312,7 @@ class SoftmaxCrossEntropy(Op):
             y = np.zeros_like(z)
             y[np.arange(n), lab] = 1
             return y
-        y = self._input("forward", "labels", lab)
+        y = self._c(self._input("forward", "labels", lab))
         check_same_dtype(where, "labels", y, z.dtype, "z")
         check_shape(where, "labels", y, z.shape, "one-hot rows, same shape as z")
         return y

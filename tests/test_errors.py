@@ -139,6 +139,27 @@ def test_out_errors(ops):
         mm.backward(np.ones((4, 2)), out=(np.empty((4, 3)), None))
 
 
+def test_out_is_checked_against_the_callers_strided_arrays(ops):
+    """The cython backend copies a strided input for its kernels; ``out=`` is still checked
+    against the caller's array, so both backends refuse the same calls."""
+    buf = np.linspace(0.5, 1.5, 48).reshape(4, 12)
+    x = buf[:, ::4]  # (4, 3), not contiguous
+    out = buf[1:, :].reshape(-1)[:12].reshape(4, 3)  # contiguous, inside x's span
+    assert np.shares_memory(x, out)
+    for name, make, _ in unary_ops(ops):
+        kept = name == "Log"  # Log keeps x in mem: any sharing is refused, not just overlap
+        msg = "must not share memory with x" if kept else "overlaps an input without being identical"
+        with pytest.raises(ValueError, match=rf"^{name}\.forward: out {msg}"):
+            make().forward(x, out=out)
+    g = np.ones((4, 12))[:, ::4]
+    g_out = g.base.reshape(-1)[2:14].reshape(4, 3)
+    op = ops.Relu()
+    op.forward(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"^Relu\.backward: out overlaps an input"):
+        op.backward(g, out=g_out)
+    np.testing.assert_array_equal(buf, np.linspace(0.5, 1.5, 48).reshape(4, 12))
+
+
 def test_out_must_not_alias_what_the_op_still_needs(ops):
     """Aliases that would corrupt mem or a later read are refused, naming op and array."""
     x = np.abs(np.linspace(-1, 1, 12).reshape(4, 3)) + 0.5
@@ -184,6 +205,41 @@ def test_out_must_not_alias_what_the_op_still_needs(ops):
 def test_log_rejects_a_bad_eps(ops, eps, error):
     with pytest.raises(error, match=r"^Log: eps must be"):
         ops.Log(eps=eps)
+
+
+@pytest.mark.parametrize("eps", [True, np.bool_(False), "0.1", np.array(0.1)], ids=repr)
+def test_log_eps_must_be_a_real_number_not_a_bool_or_string(ops, eps):
+    with pytest.raises(TypeError, match=r"^Log: eps must be a real number"):
+        ops.Log(eps=eps)
+
+
+def test_log_eps_that_overflows_the_dtype(ops):
+    op = ops.Log(eps=1e300)  # fine in float64, inf in float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no stray numpy overflow warning on the way
+        assert np.isfinite(op.forward(np.ones(3))).all()
+        with pytest.raises(ValueError, match=r"^Log\.forward: eps=1e\+300 overflows float32"):
+            op.forward(np.ones(3, np.float32))
+
+
+def test_ieee_specials_give_no_numpy_warnings(ops, dtype):
+    """inf and NaN inputs give IEEE results silently on both backends (no raw numpy
+    RuntimeWarning from the reference kernels); only Log's domain check warns."""
+    z = np.array([[np.inf, 0.0, 1.0], [-np.inf, 1.0, 2.0], [np.nan, 0.0, 0.0]], dtype)
+    g = np.array([[np.inf, -np.inf, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        relu = ops.Relu()
+        relu.forward(-np.abs(z))
+        relu.backward(g)
+        soft = ops.Softmax()
+        s = soft.forward(z)
+        soft.backward(g)
+        xent = ops.SoftmaxCrossEntropy()
+        xent.forward(z, np.eye(3, dtype=dtype))
+        xent.backward()
+    assert np.isnan(s[0]).all() and np.isnan(s[2]).all()  # inf - inf, NaN propagate
+    np.testing.assert_allclose(s[1], [0.0, 1 / (1 + np.e), np.e / (1 + np.e)], rtol=1e-6)
 
 
 def test_integer_labels_out_of_range(ops):
