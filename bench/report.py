@@ -2,7 +2,7 @@
 
 Usage, from the repository root::
 
-    python -m bench.report                    # run bench/ (~10 min), render, rewrite README
+    python -m bench.report                    # run bench/ (about 30 min on 2 cores), render, rewrite README
     python -m bench.report --json bench/results/latest.json   # render an existing run only
     python -m bench.report --with-training    # also run bench/memory.py, bench/time_to_accuracy.py
 
