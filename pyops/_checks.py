@@ -6,6 +6,8 @@ say what was expected, so both backends fail the same way on the same input.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,6 +30,31 @@ def as_float_array(where: str, name: str, a: Any) -> np.ndarray:
             + (" (cast it with .astype(np.float64) first)" if arr.dtype.kind in "iub" else "")
         )
     return arr
+
+
+def check_hyperparameter(where: str, name: str, value: Any, positive: bool = False) -> float:
+    """``value`` as a float: a real number (not a bool, not a string), finite, and >= 0
+    (> 0 if ``positive``).  TypeError or ValueError naming ``where`` and ``name`` otherwise."""
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{where}: {name} must be a real number, got {value!r}")
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float's range
+        x = math.inf
+    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
+        raise ValueError(
+            f"{where}: {name} must be finite and {'>' if positive else '>='} 0, got {value!r}"
+        )
+    return x
+
+
+def check_fits_dtype(where: str, name: str, value: float, dtype: np.dtype) -> None:
+    """ValueError if ``value`` (>= 0) would overflow to inf in ``dtype``, the kernels' type."""
+    if value > float(np.finfo(dtype).max):
+        raise ValueError(
+            f"{where}: {name}={value!r} overflows {np.dtype(dtype)} "
+            f"(largest {np.finfo(dtype).max:.4g}); use a smaller {name} or float64"
+        )
 
 
 def check_same_dtype(where: str, name: str, a: np.ndarray, dtype: np.dtype, ref: str) -> None:
@@ -65,7 +92,7 @@ def same_shape_2d(where: str, **arrays: Any) -> Tuple[np.ndarray, np.ndarray]:
 def count_correct_inputs(where: str, scores: Any, labels: Any) -> Tuple[np.ndarray, np.ndarray]:
     """``scores`` and ``labels`` for a row-argmax count: 2-D, one shape, real, at least one
     column if there are rows; as C-contiguous arrays of one float dtype (float32 if both
-    are float32, else float64: exact for every value an argmax compares)."""
+    are float32, else float64: exact for floats, bools and integers up to 2**53)."""
     s, lab = same_shape_2d(where, scores=scores, labels=labels)
     for name, a in (("scores", s), ("labels", lab)):
         if a.dtype.kind not in "fiub":

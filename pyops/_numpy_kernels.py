@@ -21,8 +21,9 @@ F = TypeVar("F", bound=Callable)
 def _ieee(kernel: F) -> F:
     """Run ``kernel`` with numpy's floating-point warnings off, as the compiled kernels run.
 
-    Infinities and NaNs in the inputs give the IEEE results (``inf - inf`` is NaN, ...)
-    silently on both backends; only ``Log``'s domain check warns (see :func:`log_forward`).
+    Infinities, NaNs and overflow give the IEEE results (``inf - inf`` is NaN, ...)
+    silently on both backends; only ``Log``'s domain check warns (see :func:`log_forward`,
+    not wrapped, so that the warning points at the caller).
     """
     @functools.wraps(kernel)
     def quiet(*args, **kwargs):
@@ -67,13 +68,14 @@ def softmax_backward(s: np.ndarray, g: np.ndarray, out: np.ndarray) -> np.ndarra
 
 def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
     """``out = log(x + eps)``; warns, naming ``Log``, if some ``x + eps <= 0``."""
-    np.add(x, x.dtype.type(eps), out=out)
+    with np.errstate(over="ignore"):  # x + eps beyond the dtype's range is inf, as in C
+        np.add(x, x.dtype.type(eps), out=out)
     try:
         with np.errstate(invalid="raise", divide="raise"):  # np.log's flags: x + eps < 0, == 0
             return np.log(out, out=out)
     except FloatingPointError:
         pass
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):
         np.log(np.add(x, x.dtype.type(eps), out=out), out=out)
     warn_log_domain(x, eps)
     return out
@@ -84,7 +86,7 @@ def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> n
 
     Silent at ``x + eps == 0``, like the compiled kernel: the forward pass has warned.
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):  # g / tiny overflows to inf, as in C
         if np.may_share_memory(out, g):
             return np.divide(g, x + x.dtype.type(eps), out=out)
         np.add(x, x.dtype.type(eps), out=out)
@@ -127,6 +129,8 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
     """Rows of ``(N, c)`` ``scores`` whose argmax is the argmax of their ``labels`` row."""
     scores, labels = count_correct_inputs("count_correct", scores, labels)
+    if scores.shape[0] == 0:  # np.argmax refuses (0, 0); no rows, none correct
+        return 0
     return int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
 
 

@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _numpy_kernels
-from ._checks import same_shape_2d
+from ._checks import check_fits_dtype, check_hyperparameter, same_shape_2d
 from .backend import get_kernels, get_ops
 
 __all__ = [
@@ -575,11 +575,19 @@ class MLP:
                                 n_hidden=config["n_hidden"], n_out=config["n_out"])
             except (ValueError, KeyError, TypeError) as e:
                 raise ModelFileError(f"{not_saved} (bad config: {e!r})") from e
+        sizes = [settings[k] for k in ("n_in", "n_hidden", "n_out")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
+            raise ModelFileError(f"{not_saved} (layer sizes {sizes} are not positive ints)")
+        n_in, n_hidden, n_out = sizes
+        if W1.shape != (n_in + 1, n_hidden) or W2.shape != (n_hidden, n_out):
+            # checked before the model is built: a corrupt size must not allocate its weights
+            raise ModelFileError(f"{not_saved} (weights of shapes {W1.shape} and {W2.shape} do not "
+                                 f"fit layer sizes {n_in}+1-{n_hidden}-{n_out})")
         get_ops(backend)  # an unknown or unbuilt backend is the caller's error, not the file's
         try:
             model = cls(backend, seed=0, **settings)
             model.W1, model.W2 = W1, W2
-        except (ValueError, TypeError) as e:  # a config MLP refuses, or weights that do not fit it
+        except (ValueError, TypeError) as e:  # a dtype, loss or init MLP refuses; non-float weights
             raise ModelFileError(f"{not_saved} ({e})") from e
         model.metadata = metadata
         return model
@@ -629,17 +637,6 @@ def _as_list(arrays: Any) -> List[np.ndarray]:
     return [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
 
 
-def _hyper(where: str, name: str, value: Any, positive: bool = False) -> float:
-    """``value`` as a float, checked to be finite and >= 0 (> 0 if ``positive``)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{where}: {name} must be a real number, got {value!r}") from None
-    if not (math.isfinite(x) and (x > 0 if positive else x >= 0)):
-        raise ValueError(f"{where}: {name} must be finite and {'>' if positive else '>='} 0, got {value!r}")
-    return x
-
-
 class _Optimizer:
     def __init__(self, params: Any, lr: float) -> None:
         self.params = _as_list(params)
@@ -648,11 +645,13 @@ class _Optimizer:
                 raise TypeError(
                     f"{type(self).__name__}: params must be writeable float32/float64 arrays"
                 )
-        self.lr = _hyper(type(self).__name__, "lr", lr, positive=True)
+        self.lr = check_hyperparameter(type(self).__name__, "lr", lr, positive=True)
 
     def _step_lr(self, lr: Optional[float]) -> float:
         """The learning rate of this step: ``self.lr``, or the override (0 allowed: a schedule's end)."""
-        return self.lr if lr is None else _hyper(f"{type(self).__name__}.step", "lr", lr)
+        if lr is None:
+            return self.lr
+        return check_hyperparameter(f"{type(self).__name__}.step", "lr", lr)
 
     def _grads(self, grads: Any, contiguous: bool = False) -> List[np.ndarray]:
         where = f"{type(self).__name__}.step"
@@ -690,7 +689,7 @@ class SGD(_Optimizer):
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         self.momentum = float(momentum)
-        self.weight_decay = _hyper("SGD", "weight_decay", weight_decay)
+        self.weight_decay = check_hyperparameter("SGD", "weight_decay", weight_decay)
         self._v = [np.zeros_like(p) for p in self.params] if momentum else None
         self._tmp = [np.empty(p.shape, p.dtype) for p in self.params]
 
@@ -766,8 +765,10 @@ class Adam(_Optimizer):
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
         self.betas = (b1, b2)
-        self.eps = _hyper("Adam", "eps", eps)
-        self.weight_decay = _hyper("Adam", "weight_decay", weight_decay)
+        self.eps = check_hyperparameter("Adam", "eps", eps)
+        for p in self.params:  # the update computes in each parameter's dtype
+            check_fits_dtype("Adam", "eps", self.eps, p.dtype)
+        self.weight_decay = check_hyperparameter("Adam", "weight_decay", weight_decay)
         self.t = 0
         self._m = [np.zeros(p.shape, p.dtype) for p in self.params]
         self._v = [np.zeros(p.shape, p.dtype) for p in self.params]

@@ -15,21 +15,21 @@ cast); every array of one call, including ``grad_y`` and ``out``, must have the
 dtype of the forward input; results have that dtype.
 
 Memory rule: ``mem`` holds references, not copies, where it can: the caller's input
-(``Relu``, ``Log``, ``Matmul``; the numpy backend, or an already C-contiguous input on the
-cython one) or the returned output (``Softmax``).  Changing those arrays in place between
-``forward`` and ``backward`` changes the gradient; ``out=`` refuses such aliases.
+(``Relu``, ``Log``, ``Matmul``, and ``SoftmaxCrossEntropy``'s float labels; on the numpy
+backend, or for an already C-contiguous input on the cython one) or the returned output
+(``Softmax``).  Changing those arrays in place between ``forward`` and ``backward``
+changes the gradient; ``out=`` refuses such aliases.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from types import ModuleType
 from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _numpy_kernels
-from ._checks import as_float_array, check_ndim, check_out, check_same_dtype, check_shape
+from ._checks import (as_float_array, check_fits_dtype, check_hyperparameter, check_ndim, check_out,
+                      check_same_dtype, check_shape)
 
 __all__ = ["Op", "Matmul", "Relu", "Softmax", "Log", "SoftmaxCrossEntropy"]
 
@@ -242,12 +242,7 @@ class Log(Op):
 
     def __init__(self, eps: float = 1e-12) -> None:
         super().__init__()
-        if not isinstance(eps, numbers.Real) or isinstance(eps, (bool, np.bool_)):
-            raise TypeError(f"Log: eps must be a real number, got {eps!r}")
-        value = float(eps)
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"Log: eps must be finite and >= 0, got {eps!r}")
-        self.eps = value
+        self.eps = check_hyperparameter("Log", "eps", eps)
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f"eps={self.eps!r})"
@@ -255,11 +250,7 @@ class Log(Op):
     def forward(self, x: Any, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Return ``log(x + eps)``; keeps ``x`` in ``mem``."""
         x = self._input("forward", "x", x)
-        if self.eps > float(np.finfo(x.dtype).max):  # the kernels compute in x's dtype
-            raise ValueError(
-                f"{self._where('forward')}: eps={self.eps!r} overflows {x.dtype} "
-                f"(largest {np.finfo(x.dtype).max:.4g}); use a smaller eps or float64 input"
-            )
+        check_fits_dtype(self._where("forward"), "eps", self.eps, x.dtype)  # kernels use x's dtype
         out = check_out(self._where("forward"), out, x.shape, x.dtype, kept={"x": x})
         x = self._c(x)
         self.mem = {"x": x}

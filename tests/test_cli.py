@@ -172,7 +172,7 @@ def test_training_learns_the_fake_data(fake_mnist, tmp_path):
 
 
 @pytest.mark.parametrize("content", [b"not a model\n", b"npy", b"npz-other", b"npz-bad-config",
-                                     b"npz-bad-size", b"npz-bad-shape"])
+                                     b"npz-bad-size", b"npz-bad-shape", b"npz-huge-size"])
 def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, content):
     path = tmp_path / "m.npz"
     if content == b"npy":
@@ -182,10 +182,12 @@ def test_evaluate_a_file_that_is_not_a_model(fake_mnist, tmp_path, capsys, conte
         np.savez(path, a=np.zeros(3))
     elif content == b"npz-bad-config":
         np.savez(path, W1=np.zeros((785, 100)), W2=np.zeros((100, 10)), config=np.array('{"dtype": 1}'))
-    elif content in (b"npz-bad-size", b"npz-bad-shape"):  # a config MLP refuses; weights that do not fit
-        n_in = -1 if content == b"npz-bad-size" else 784
+    elif content.startswith(b"npz-") and content.endswith((b"-size", b"-shape")):
+        # a size MLP refuses; weights that do not fit; a size whose weights would not fit in memory
+        n_in = {b"npz-bad-size": -1, b"npz-bad-shape": 784, b"npz-huge-size": 10 ** 12}[content]
         config = dict(dtype="float64", loss="xent", n_in=n_in, n_hidden=100, n_out=10)
-        np.savez(path, W1=np.zeros((785, 99)), W2=np.zeros((100, 10)), config=np.array(json.dumps(config)))
+        W1 = np.zeros((785, 99 if content == b"npz-bad-shape" else 100))
+        np.savez(path, W1=W1, W2=np.zeros((100, 10)), config=np.array(json.dumps(config)))
     else:
         path.write_bytes(content)
     assert cli.main(["evaluate", str(path), "--data", fake_mnist.path]) == 1

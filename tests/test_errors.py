@@ -207,7 +207,7 @@ def test_log_rejects_a_bad_eps(ops, eps, error):
         ops.Log(eps=eps)
 
 
-@pytest.mark.parametrize("eps", [True, np.bool_(False), "0.1", np.array(0.1)], ids=repr)
+@pytest.mark.parametrize("eps", [True, np.bool_(False), "0.1", np.array(0.1), None], ids=repr)
 def test_log_eps_must_be_a_real_number_not_a_bool_or_string(ops, eps):
     with pytest.raises(TypeError, match=r"^Log: eps must be a real number"):
         ops.Log(eps=eps)
@@ -239,6 +239,16 @@ def test_ieee_specials_give_no_numpy_warnings(ops, dtype):
         xent.forward(z, np.eye(3, dtype=dtype))
         xent.backward()
     assert np.isnan(s[0]).all() and np.isnan(s[2]).all()  # inf - inf, NaN propagate
+    big = np.finfo(dtype).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log = ops.Log(eps=0.0)
+        y = log.forward(np.array([big, np.finfo(dtype).tiny / 16, 1.0], dtype))
+        grad = log.backward(np.array([1.0, 1.0, 1.0], dtype))  # 1 / subnormal overflows
+        y_over = ops.Log(eps=float(big)).forward(np.array([big], dtype))  # x + eps overflows
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[0], np.log(big), rtol=1e-6)
+    assert grad[1] == np.inf and grad[2] == 1.0 and y_over[0] == np.inf
     np.testing.assert_allclose(s[1], [0.0, 1 / (1 + np.e), np.e / (1 + np.e)], rtol=1e-6)
 
 

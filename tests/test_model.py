@@ -414,6 +414,7 @@ def test_both_count_correct_tables_take_any_real_2d_input_alike():
         with pytest.raises(ValueError, match=r"^count_correct: rows with no columns have no argmax"):
             table.count_correct(np.zeros((2, 0)), np.zeros((2, 0)))
         assert table.count_correct(np.zeros((0, 3)), np.zeros((0, 3))) == 0
+        assert table.count_correct(np.zeros((0, 0)), np.zeros((0, 0))) == 0
         with pytest.raises(TypeError, match=r"^count_correct: scores must hold real numbers"):
             table.count_correct(scores.astype(complex), labels)
 
@@ -624,6 +625,25 @@ def test_adam_rejects_bad_hyperparameters(backend, kwargs, error):
         Adam(np.zeros(2), backend=backend, **kwargs)
     with pytest.raises(TypeError, match=r"Adam: eps must be a real number, got 'small'"):
         Adam(np.zeros(2), eps="small", backend=backend)
+
+
+@pytest.mark.parametrize("make", [lambda v: SGD(np.zeros(2), lr=v), lambda v: Adam(np.zeros(2), lr=v)],
+                         ids=["SGD", "Adam"])
+@pytest.mark.parametrize("value", [True, "0.1", None, np.array(0.1)], ids=repr)
+def test_a_hyperparameter_must_be_a_real_number(make, value):
+    with pytest.raises(TypeError, match=r"^(SGD|Adam): lr must be a real number"):
+        make(value)
+
+
+def test_an_int_beyond_float_range_is_not_finite():
+    with pytest.raises(ValueError, match=r"^SGD: lr must be finite and > 0"):
+        SGD(np.zeros(2), lr=10 ** 400)
+
+
+def test_adam_eps_must_fit_the_params_dtype(backend):
+    Adam(np.zeros(2), eps=1e300, backend=backend)  # float64: fine
+    with pytest.raises(ValueError, match=r"^Adam: eps=1e\+300 overflows float32"):
+        Adam([np.zeros(2), np.zeros(2, np.float32)], eps=1e300, backend=backend)
 
 
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: Adam(p, lr=0.1, backend="numpy")],
