@@ -81,16 +81,17 @@ def log_forward(x: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
     return out
 
 
+@_ieee
 def log_backward(x: np.ndarray, g: np.ndarray, eps: float, out: np.ndarray) -> np.ndarray:
     """``out = g / (x + eps)``; ``out`` may be ``g`` itself (then a temporary holds ``x + eps``).
 
-    Silent at ``x + eps == 0``, like the compiled kernel: the forward pass has warned.
+    Silent at ``x + eps == 0`` and on overflow, like the compiled kernel: the forward pass
+    has warned.
     """
-    with np.errstate(all="ignore"):  # g / tiny overflows to inf, as in C
-        if np.may_share_memory(out, g):
-            return np.divide(g, x + x.dtype.type(eps), out=out)
-        np.add(x, x.dtype.type(eps), out=out)
-        return np.divide(g, out, out=out)
+    if np.may_share_memory(out, g):
+        return np.divide(g, x + x.dtype.type(eps), out=out)
+    np.add(x, x.dtype.type(eps), out=out)
+    return np.divide(g, out, out=out)
 
 
 @_ieee

@@ -183,6 +183,14 @@ class ModelFileError(ValueError):
     """A file given to :meth:`MLP.load` is not a model written by :meth:`MLP.save`."""
 
 
+def _layer_sizes(n_in: Any, n_hidden: Any, n_out: Any) -> Tuple[int, int, int]:
+    """``(n_in, n_hidden, n_out)`` as ints; ValueError unless each is a positive int."""
+    for name, size in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"MLP: {name} must be a positive int, got {size!r}")
+    return int(n_in), int(n_hidden), int(n_out)
+
+
 class MLP:
     """The notebook's network ``log(softmax(relu([x, 1] W1) W2))`` on one backend.
 
@@ -266,14 +274,12 @@ class MLP:
             raise ValueError(f"MLP: loss must be one of {LOSSES}, got {loss!r}")
         if init not in INITS:
             raise ValueError(f"MLP: init must be one of {INITS}, got {init!r}")
-        for name, size in (("n_in", n_in), ("n_hidden", n_hidden), ("n_out", n_out)):
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-                raise ValueError(f"MLP: {name} must be a positive int, got {size!r}")
+        sizes = _layer_sizes(n_in, n_hidden, n_out)
         if seed is not None and rng is not None:
             raise ValueError("MLP: give seed or rng, not both")
         self.loss_mode = loss
         self.init = init
-        self.n_in, self.n_hidden, self.n_out = int(n_in), int(n_hidden), int(n_out)
+        self.n_in, self.n_hidden, self.n_out = sizes
 
         ops = get_ops(backend)
         self.backend: str = ops.backend
@@ -570,17 +576,15 @@ class MLP:
                 config = json.loads(str(f["config"]))
                 metadata = json.loads(str(f["metadata"])) if "metadata" in f.files else {}
                 W1, W2 = f["W1"], f["W2"]
+                # the sizes are checked before the model is built: a corrupt one must not
+                # allocate its weights
+                n_in, n_hidden, n_out = _layer_sizes(config["n_in"], config["n_hidden"], config["n_out"])
                 settings = dict(dtype=config["dtype"], loss=config["loss"],
-                                init=config.get("init", "normal"), n_in=config["n_in"],
-                                n_hidden=config["n_hidden"], n_out=config["n_out"])
+                                init=config.get("init", "normal"), n_in=n_in,
+                                n_hidden=n_hidden, n_out=n_out)
             except (ValueError, KeyError, TypeError) as e:
                 raise ModelFileError(f"{not_saved} (bad config: {e!r})") from e
-        sizes = [settings[k] for k in ("n_in", "n_hidden", "n_out")]
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
-            raise ModelFileError(f"{not_saved} (layer sizes {sizes} are not positive ints)")
-        n_in, n_hidden, n_out = sizes
         if W1.shape != (n_in + 1, n_hidden) or W2.shape != (n_hidden, n_out):
-            # checked before the model is built: a corrupt size must not allocate its weights
             raise ModelFileError(f"{not_saved} (weights of shapes {W1.shape} and {W2.shape} do not "
                                  f"fit layer sizes {n_in}+1-{n_hidden}-{n_out})")
         get_ops(backend)  # an unknown or unbuilt backend is the caller's error, not the file's
