@@ -8,6 +8,9 @@ Backends are kernel namespaces with the same op classes:
 The active backend starts as ``$PYOPS_BACKEND`` (default ``"numpy"``), read
 once at import.  Asking for ``"cython"`` when the extension is not built raises
 ImportError with the command that builds it; there is never a silent fallback.
+A ``$PYOPS_BACKEND`` that names no backend, or one that does not load, does not
+stop ``import pyops`` (so ``pyops --help`` still works): its error is raised by
+every use of the active backend until :func:`set_backend` chooses one.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ OP_NAMES: Tuple[str, ...] = ("Matmul", "Relu", "Softmax", "Log", "SoftmaxCrossEn
 _MODULES = {"numpy": "pyops.ops", "cython": "kernels"}
 
 _active: str = "numpy"
+#: Why ``$PYOPS_BACKEND`` could not be made active: raised by every use of the active backend
+#: (``get_backend()``, ``get_ops()`` with no name) until ``set_backend`` replaces it.
+_env_error: Optional[Exception] = None
 
 
 def _check_name(name: str) -> str:
@@ -71,37 +77,47 @@ def available_backends() -> Tuple[str, ...]:
 
 
 def get_backend() -> str:
-    """The name of the active backend."""
+    """The name of the active backend.
+
+    Raises the ValueError or ImportError of a ``$PYOPS_BACKEND`` that could not be made
+    active at import, until :func:`set_backend` chooses a backend.
+    """
+    if _env_error is not None:
+        raise type(_env_error)(str(_env_error))
     return _active
 
 
 def set_backend(name: str) -> None:
     """Make ``name`` the active backend, after checking that it loads."""
-    global _active
+    global _active, _env_error
     get_ops(name)
-    _active = name
+    _active, _env_error = name, None
 
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[SimpleNamespace]:
     """Context manager: ``with use_backend("cython") as ops: ...`` then restore the previous one."""
-    previous = get_backend()
+    global _active, _env_error
+    previous = _active, _env_error
     set_backend(name)
     try:
         yield get_ops(name)
     finally:
-        set_backend(previous)
+        _active, _env_error = previous
 
 
 def _from_environment() -> None:
+    """Make ``$PYOPS_BACKEND`` active, or keep its error for the first use (see module doc)."""
+    global _env_error
     name = os.environ.get("PYOPS_BACKEND", "").strip()
     if not name:
         return
     try:
         _check_name(name)
     except ValueError as e:
-        raise ValueError(f"PYOPS_BACKEND: {e}") from None
+        _env_error = ValueError(f"PYOPS_BACKEND: {e}")
+        return
     try:
         set_backend(name)
     except ImportError as e:
-        raise ImportError(f"PYOPS_BACKEND={name!r}: {e}") from e
+        _env_error = ImportError(f"PYOPS_BACKEND={name!r}: {e}")

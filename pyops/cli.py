@@ -511,6 +511,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "backend") and args.backend is None:
+            args.backend = get_backend()  # a bad $PYOPS_BACKEND is reported here, not at import
+    except (ValueError, ImportError) as e:
+        print(f"pyops {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    try:
         return args.func(args)
     except (ImportError, OSError, _data.MNISTUnavailableError, _data.MNISTIntegrityError,
             ModelFileError) as e:

@@ -57,8 +57,33 @@ def test_environment_variable_is_read_at_import():
     out = run_python("import pyops; print(pyops.get_backend())", PYOPS_BACKEND="cython")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "cython"
-    bad = run_python("import pyops", PYOPS_BACKEND="jax")
-    assert bad.returncode != 0 and "PYOPS_BACKEND: unknown backend 'jax'" in bad.stderr
+
+
+def test_bad_environment_variable_fails_every_use_until_a_backend_is_set():
+    """A bad name does not break ``import pyops``; the active backend raises until chosen."""
+    script = (
+        "import pyops\n"
+        "for use in (pyops.get_backend, pyops.get_ops, lambda: pyops.MLP(n_in=4, n_hidden=3, n_out=2)):\n"
+        "    try:\n"
+        "        use()\n"
+        "    except ValueError as e:\n"
+        "        print('ValueError', e)\n"
+        "print(pyops.get_ops('numpy').backend)\n"  # a named backend does not need the active one
+        "with pyops.use_backend('cython') as ops:\n"
+        "    print(ops.backend, pyops.get_backend())\n"
+        "try:\n"
+        "    pyops.get_backend()\n"  # the context manager restores the error, not a guess
+        "except ValueError as e:\n"
+        "    print('ValueError again')\n"
+        "pyops.set_backend('numpy')\n"
+        "print(pyops.get_backend())\n"
+    )
+    out = run_python(script, PYOPS_BACKEND="jax")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    message = "ValueError PYOPS_BACKEND: unknown backend 'jax'; valid backends are 'numpy', 'cython'"
+    assert lines[:3] == [message] * 3
+    assert lines[3:] == ["numpy", "cython cython", "ValueError again", "numpy"]
 
 
 def test_same_model_code_runs_on_either_backend():
@@ -136,7 +161,7 @@ def test_an_unknown_variant_makes_cython_unavailable_not_pyops_unusable():
     lines = out.stdout.splitlines()
     assert lines[0] == "('numpy',)"
     assert lines[1].startswith("ImportError PYOPS_CPU_VARIANT='avx9000': unknown CPU variant")
-    both = run_python("import pyops", PYOPS_CPU_VARIANT="avx9000", PYOPS_BACKEND="cython")
+    both = run_python("import pyops; pyops.get_ops()", PYOPS_CPU_VARIANT="avx9000", PYOPS_BACKEND="cython")
     assert both.returncode != 0
     assert "ImportError: PYOPS_BACKEND='cython': PYOPS_CPU_VARIANT='avx9000'" in both.stderr
 

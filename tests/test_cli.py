@@ -8,6 +8,7 @@ passed through).  Only the ``slow`` test trains on the real MNIST.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,6 +84,22 @@ def test_python_dash_m_pyops_runs():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "MODEL.npz" in proc.stdout
+
+
+def test_bad_backend_variable_spares_help_and_is_a_clean_error(tmp_path):
+    """``PYOPS_BACKEND=Cython``: ``--help`` works, a run says what is wrong, ``--backend`` wins."""
+    def run(*argv):
+        env = {**os.environ, "PYOPS_BACKEND": "Cython"}
+        return subprocess.run([sys.executable, "-m", "pyops", *argv], capture_output=True,
+                              text=True, timeout=120, env=env, cwd=tmp_path)
+
+    assert run("train", "--help").returncode == 0
+    bad = run("evaluate", str(tmp_path / "m.npz"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.startswith("pyops evaluate: error: PYOPS_BACKEND: unknown backend 'Cython'")
+    chosen = run("evaluate", str(tmp_path / "m.npz"), "--backend", "numpy")
+    assert chosen.returncode == 1 and "PYOPS_BACKEND" not in chosen.stderr
+    assert chosen.stderr.startswith("pyops evaluate: error:") and "m.npz" in chosen.stderr
 
 
 @pytest.mark.parametrize("argv, message", [
