@@ -22,6 +22,21 @@ Group ``train-step-<dtype>``:
 
 After timing, each implementation runs one step from the initial weights and its updated
 weights are checked against a float64 numpy reference (correctness only).
+
+Group ``train-step-parts-<dtype>``: the step taken apart, in rounds short enough (milliseconds)
+for their medians to survive a VM that stalls, where whole steps (0.1-2 s) do not:
+
+``numpy-without-gemms``, ``cython-1t-without-gemms``, ``cython-<cores>t-without-gemms``
+    The same ``train_one_step``, with the first layer's two products (``X @ W1`` forward,
+    ``X.T @ G`` backward) skipped: its forward output and ``W1_grad`` keep the values a real
+    step computed.  Everything else of the step runs at full size: relu on (60000, 100), the
+    small products, the loss, accuracy and update.
+``gemm-slice``
+    The two large products on the first :data:`SLICE` rows only (the report scales the time
+    by ``N / SLICE``: the products cost the same per row).
+
+``python -m bench.report`` estimates the step as ``without-gemms + scaled gemm-slice`` beside
+the measured whole-step times: an estimate from parts, not a measurement of the step.
 """
 from __future__ import annotations
 
@@ -36,6 +51,8 @@ import pyops
 from bench import N_CORES, ROWS as N, THREAD_COUNTS, split_impl
 
 D, HIDDEN, CLASSES = 784, 100, 10
+#: rows of the ``gemm-slice`` products: X's slice is 25 MB in float64, beyond the caches, as X is
+SLICE = min(N, 4096)
 LR = 1e-5
 EPS = 1e-12
 DTYPES = ("float64", "float32")
@@ -122,11 +139,13 @@ def data(dtype: str, reference: bool = True) -> Data:
 @dataclass
 class Step:
     """``step()`` runs one training step; ``reset()`` restores the initial weights;
-    ``weights()`` returns the current ``(W1, W2)`` as numpy arrays."""
+    ``weights()`` returns the current ``(W1, W2)`` as numpy arrays; ``model``: the
+    :class:`pyops.MLP` stepped (pyops implementations only)."""
 
     step: Callable[[], Any]
     reset: Callable[[], None]
     weights: Callable[[], Tuple[np.ndarray, np.ndarray]]
+    model: Any = None
 
 
 def pyops_step(backend: str, d: Data) -> Step:
@@ -140,7 +159,7 @@ def pyops_step(backend: str, d: Data) -> Step:
 
     reset()
     return Step(lambda: pyops.train_one_step(model, X, d.Y, lr=LR), reset,
-                lambda: (model.W1.copy(), model.W2.copy()))
+                lambda: (model.W1.copy(), model.W2.copy()), model)
 
 
 def tensorflow_step(tf: Any, d: Data) -> Step:
@@ -193,6 +212,17 @@ def torch_step(torch: Any, d: Data) -> Step:
     return Step(step, reset, lambda: (W1.detach().numpy().copy(), W2.detach().numpy().copy()))
 
 
+def check_one_step(s: Step, d: Data, label: str) -> None:
+    """One step of ``s`` from the initial weights changes them as the float64 reference does."""
+    s.reset()
+    s.step()
+    W1, W2 = s.weights()
+    for name, got, w0, want in (("W1", W1, d.W1, d.dW1), ("W2", W2, d.W2, d.dW2)):
+        change = got.astype(np.float64) - w0.astype(np.float64)
+        tol = TOL[str(d.X.dtype)] * np.abs(want).max()
+        np.testing.assert_allclose(change, want, rtol=0, atol=tol, err_msg=f"{label} {name}")
+
+
 # More rounds than the suite's 5: a step is long enough for a VM's stalls to hit most rounds,
 # and the report's IQR check needs enough of them to tell a noisy time from a steady one.
 @pytest.mark.benchmark(min_rounds=11)
@@ -243,10 +273,64 @@ def test_train_step(benchmark, request, use_threads, dtype, impl):
         s.step()  # warm up: buffers, tracing
     benchmark(s.step)
 
-    s.reset()
-    s.step()
-    W1, W2 = s.weights()
-    for name, got, w0, want in (("W1", W1, d.W1, d.dW1), ("W2", W2, d.W2, d.dW2)):
-        change = got.astype(np.float64) - w0.astype(np.float64)
-        tol = TOL[dtype] * np.abs(want).max()
-        np.testing.assert_allclose(change, want, rtol=0, atol=tol, err_msg=f"{impl} {dtype} {name}")
+    check_one_step(s, d, f"{impl} {dtype}")
+
+
+# --------------------------------------------------------------------------- the step in parts
+PART_CASES = [(dtype, impl) for dtype in DTYPES
+              for impl in ["numpy-without-gemms", *(f"cython-{t}t-without-gemms" for t in THREAD_COUNTS),
+                           "gemm-slice"]]
+
+
+class _SkipFirstLayerProducts:
+    """Stands in for ``MLP.mul_h1``: returns the buffers its ``out=`` names, untouched."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def forward(self, x: np.ndarray, W: np.ndarray, out: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return out
+
+    def backward(self, grad_y: np.ndarray, out: Tuple[None, np.ndarray]) -> Tuple[None, np.ndarray]:
+        self.calls += 1
+        return None, out[1]
+
+
+@pytest.mark.parametrize("dtype,impl", PART_CASES, ids=[f"{dt}-{i}" for dt, i in PART_CASES])
+def test_train_step_parts(benchmark, use_threads, dtype, impl):
+    family, threads = split_impl(impl.replace("-without-gemms", ""))
+    benchmark.group = f"train-step-parts-{dtype}"
+    benchmark.extra_info.update(op="train-step-parts", dtype=dtype, impl=impl, family=family)
+    d = data(dtype)
+
+    if family == "gemm-slice":
+        X, G = d.X[:SLICE], np.random.default_rng(1).standard_normal((SLICE, HIDDEN)).astype(dtype)
+        h1, gW1 = np.empty((SLICE, HIDDEN), dtype), np.empty_like(d.W1)
+
+        def gemms():
+            np.matmul(X, d.W1, out=h1)
+            np.matmul(X.T, G, out=gW1)
+
+        benchmark.extra_info.update(threads=None, rows=SLICE, scale=N / SLICE,
+                                    note=f"X[:{SLICE}] @ W1 and X[:{SLICE}].T @ G, numpy's BLAS")
+        benchmark(gemms)
+        tol = TOL[dtype]
+        want_h1, want_gW1 = X.astype(np.float64) @ d.W1.astype(np.float64), _chunked_xT_g(X, G)
+        np.testing.assert_allclose(h1, want_h1, rtol=tol, atol=tol * np.abs(want_h1).max())
+        np.testing.assert_allclose(gW1, want_gW1, rtol=tol, atol=tol * np.abs(want_gW1).max())
+        return
+
+    if family == "cython":
+        use_threads("cython", threads)
+    s = pyops_step(family, d)
+    s.step()  # a real step from the initial weights: h1 and W1_grad hold its products
+    stub = _SkipFirstLayerProducts()
+    s.model.mul_h1 = stub
+    benchmark.extra_info.update(threads=threads, note="train_one_step without X @ W1 and X.T @ G")
+    benchmark(s.step)
+    assert stub.calls >= 2, "the step did not go through MLP.mul_h1"
+
+    # From the initial weights the kept h1 and W1_grad are those of the first step, so the
+    # step without the products must still change the weights as the reference step does.
+    check_one_step(s, d, f"{impl} {dtype}")
