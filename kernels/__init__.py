@@ -12,6 +12,7 @@ when the compiled extension is missing.
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Dict
 
 from pyops import ops as _ops
@@ -21,7 +22,7 @@ from ._dispatch import built_variants, runnable_variants
 
 __all__ = [
     "Matmul", "Relu", "Softmax", "Log", "SoftmaxCrossEntropy",
-    "build_info", "set_num_threads", "get_num_threads",
+    "build_info", "set_num_threads", "get_num_threads", "MAX_THREADS",
 ]
 
 
@@ -50,9 +51,23 @@ class SoftmaxCrossEntropy(_Compiled, _ops.SoftmaxCrossEntropy):
     __doc__ = _ops.SoftmaxCrossEntropy.__doc__
 
 
+#: The most threads :func:`set_num_threads` accepts (one kernel call's partial sums are kept
+#: on the stack); a larger ``OMP_NUM_THREADS`` is held to it.
+MAX_THREADS: int = _table._k.MAX_THREADS
+
+
 def set_num_threads(n: int) -> None:
-    """Use at most ``n`` OpenMP threads per kernel call (default: ``OMP_NUM_THREADS`` or all cores)."""
-    _table._k.set_num_threads(int(n))
+    """Use at most ``n`` OpenMP threads per kernel call (default: ``OMP_NUM_THREADS`` or all cores).
+
+    ``n`` is an integer from 1 to :data:`MAX_THREADS`; TypeError or ValueError otherwise.
+    """
+    try:
+        n = operator.index(n)
+    except TypeError:
+        raise TypeError(f"set_num_threads: n must be an integer, got {n!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be between 1 and {MAX_THREADS}, got {n}")
+    _table._k.set_num_threads(n)
 
 
 def get_num_threads() -> int:

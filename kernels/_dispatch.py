@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
 # Fastest first: variant name -> numpy CPU feature it needs (None: any CPU).
-VARIANTS: Tuple[Tuple[str, object], ...] = (
+VARIANTS: Tuple[Tuple[str, Optional[str]], ...] = (
     ("x86_64_v4", "X86_V4"),
     ("x86_64_v3", "X86_V3"),
     ("baseline", None),
@@ -49,10 +49,26 @@ def _cpu_features() -> Dict[str, bool]:
     return dict(__cpu_features__)
 
 
+#: numpy < 2.4 has no X86_V3 / X86_V4 keys, only single features: what each level adds that
+#: numpy can see (AVX512_SKX is AVX-512 F, CD, VL, BW and DQ, v4's set).  v3's BMI1/2, LZCNT
+#: and MOVBE are not listed by numpy; every CPU known with AVX2, FMA3 and F16C has them.
+_LEVEL_FEATURES: Dict[str, Tuple[str, ...]] = {
+    "X86_V3": ("AVX", "AVX2", "FMA3", "F16C"),
+    "X86_V4": ("AVX", "AVX2", "FMA3", "F16C", "AVX512_SKX"),
+}
+
+
+def cpu_supports(level: str, features: Dict[str, bool]) -> bool:
+    """Can a CPU with numpy's ``features`` run x86-64 ``level`` (``"X86_V3"``, ``"X86_V4"``)?"""
+    if level in features:  # numpy >= 2.4 detects the level itself
+        return bool(features[level])
+    return all(features.get(f, False) for f in _LEVEL_FEATURES[level])
+
+
 def runnable_variants() -> List[str]:
     """Variants this CPU can execute, fastest first (built or not)."""
     features = _cpu_features()
-    return [name for name, need in VARIANTS if need is None or features.get(need, False)]
+    return [name for name, need in VARIANTS if need is None or cpu_supports(need, features)]
 
 
 def built_variants() -> List[str]:

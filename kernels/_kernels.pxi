@@ -50,17 +50,20 @@ cdef enum:
     MIN_PARALLEL = 32768
     # Rows per softmax block: one long exp loop over ROW_BLOCK * c values.
     ROW_BLOCK = 64
+    # Most threads of one kernel call (the per-thread partial sums live on the stack).
+    THREAD_LIMIT = 256
 
 PARALLEL_MIN_ELEMENTS = MIN_PARALLEL
+MAX_THREADS = THREAD_LIMIT
 
-cdef int _n_threads = opk_max_threads()
+cdef int _n_threads = min(opk_max_threads(), <int>THREAD_LIMIT)
 
 
 def set_num_threads(int n):
-    """Use at most ``n`` threads in every kernel of this module (n >= 1)."""
+    """Use at most ``n`` threads in every kernel of this module (1 <= n <= MAX_THREADS)."""
     global _n_threads
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if not 1 <= n <= THREAD_LIMIT:
+        raise ValueError(f"set_num_threads: n must be between 1 and {MAX_THREADS}, got {n}")
     _n_threads = n
 
 
@@ -173,20 +176,26 @@ cdef inline void _shift_by_row_max(const floating* x, floating* out, Py_ssize_t 
 
 
 cdef inline double _normalize_rows(floating* e, Py_ssize_t rows, Py_ssize_t c,
-                                  const floating* weights) noexcept nogil:
-    """Divide each row of e by its sum t_r; return sum_r weights[r] * log(t_r) (0 if weights is NULL)."""
+                                   const double* weights) noexcept nogil:
+    """Divide each row of e by its sum t_r; return sum_r weights[r] * log(t_r) (0 if weights is NULL).
+
+    Row sums are accumulated in double for float32 too: a float32 sum of c terms drifts by
+    ~c * 2**-24 relative, 1e-3 at a vocabulary-sized c = 1e5 (the row sums are a sequential
+    chain either way, so double costs nothing here).
+    """
     cdef Py_ssize_t r, j
-    cdef floating total, inv
+    cdef double total
+    cdef floating inv
     cdef double acc = 0
     for r in range(rows):
         total = 0
         for j in range(c):
             total = total + e[r * c + j]
-        inv = 1 / total
+        inv = <floating>(1 / total)
         for j in range(c):
             e[r * c + j] = e[r * c + j] * inv
         if weights != NULL:
-            acc += weights[r] * log(<double>total)
+            acc += weights[r] * log(total)
     return acc
 
 
@@ -197,19 +206,21 @@ cdef inline void _softmax_fwd(const floating* x, floating* out, Py_ssize_t rows,
         nb = min(<Py_ssize_t>ROW_BLOCK, rows - r0)
         _shift_by_row_max(x + r0 * c, out + r0 * c, nb, c)
         _exp_inplace(out + r0 * c, nb * c)
-        _normalize_rows(out + r0 * c, nb, c, <const floating*>NULL)
+        _normalize_rows(out + r0 * c, nb, c, NULL)
 
 
 cdef inline void _softmax_bwd(const floating* s, const floating* g, floating* out,
                               Py_ssize_t rows, Py_ssize_t c) noexcept nogil:
     cdef Py_ssize_t r, j
-    cdef floating dot
+    cdef double dot  # in double for float32 too, as _normalize_rows
+    cdef floating d
     for r in range(rows):
         dot = 0
         for j in range(c):
-            dot = dot + g[r * c + j] * s[r * c + j]
+            dot = dot + <double>g[r * c + j] * s[r * c + j]
+        d = <floating>dot
         for j in range(c):
-            out[r * c + j] = s[r * c + j] * (g[r * c + j] - dot)
+            out[r * c + j] = s[r * c + j] * (g[r * c + j] - d)
 
 
 cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
@@ -222,8 +233,9 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
     """
     cdef Py_ssize_t r0, nb, r, j
     cdef double loss = 0
-    cdef floating ydot, ys, yj
-    cdef floating label_mass[ROW_BLOCK]
+    cdef double ydot, ys  # in double for float32 too, as _normalize_rows
+    cdef floating yj
+    cdef double label_mass[ROW_BLOCK]
     for r0 from 0 <= r0 < rows by ROW_BLOCK:
         nb = min(<Py_ssize_t>ROW_BLOCK, rows - r0)
         _shift_by_row_max(z + r0 * c, s + r0 * c, nb, c)
@@ -231,14 +243,14 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
             ydot = 0
             ys = 0
             for j in range(c):
-                ydot = ydot + y[r * c + j] * s[r * c + j]
+                ydot = ydot + <double>y[r * c + j] * s[r * c + j]
                 ys = ys + y[r * c + j]
             if ydot != ydot:  # NaN: maybe 0 * -inf from a mask; redo without the y == 0 terms
                 ydot = 0
                 for j in range(c):
                     yj = y[r * c + j]
                     if yj != 0:
-                        ydot = ydot + yj * s[r * c + j]
+                        ydot = ydot + <double>yj * s[r * c + j]
             loss -= ydot
             label_mass[r - r0] = ys
         _exp_inplace(s + r0 * c, nb * c)
@@ -316,11 +328,16 @@ cdef inline double _range(Kind kind, const floating* a, const floating* b, float
 
 cdef double _run(Kind kind, const floating* a, const floating* b, floating k, floating* out,
                  Py_ssize_t n, Py_ssize_t c) noexcept nogil:
-    """Split n elements/rows (of c values) into one static chunk per thread; sum the results."""
+    """Split n elements/rows (of c values) into one static chunk per thread; sum the results.
+
+    The chunks' results are added in chunk order after the parallel loop, not by an OpenMP
+    reduction (whose order varies): a given thread count gives the same sum every call.
+    """
     cdef int nt = _threads_for(n * c)
     cdef int t
     cdef Py_ssize_t step, start
     cdef double total = 0
+    cdef double partial[THREAD_LIMIT]
     if n == 0 or c == 0:
         return 0
     if nt == 1:
@@ -329,9 +346,12 @@ cdef double _run(Kind kind, const floating* a, const floating* b, floating k, fl
     step = _chunk(n, nt, 16 if c == 1 else ROW_BLOCK)
     for t in prange(nt, schedule="static", num_threads=nt):
         start = t * step
+        partial[t] = 0
         if start < n:
-            total += _range(kind, a + start * c, (b + start * c) if b != NULL else b, k,
-                            (out + start * c) if out != NULL else out, min(step, n - start), c)
+            partial[t] = _range(kind, a + start * c, (b + start * c) if b != NULL else b, k,
+                                (out + start * c) if out != NULL else out, min(step, n - start), c)
+    for t in range(nt):
+        total += partial[t]
     return total
 
 

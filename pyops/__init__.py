@@ -32,12 +32,11 @@ __all__ = [
 def set_num_threads(n: int) -> None:
     """Use at most ``n`` threads in each compiled kernel call (the ``cython`` backend).
 
-    The numpy backend's only threads are those of numpy's BLAS (``Matmul``),
+    ``n`` is an integer from 1 to ``kernels.MAX_THREADS`` (TypeError or ValueError
+    otherwise).  The numpy backend's only threads are those of numpy's BLAS (``Matmul``),
     which ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` set before start-up.
     Raises ImportError if the compiled extension is not built.
     """
-    if int(n) < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     get_ops("cython")
     import kernels
 

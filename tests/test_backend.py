@@ -129,6 +129,21 @@ def test_missing_extension_raises_with_build_instructions():
                                       cwd=REPO, PYTHONPATH=str(REPO)).stdout
 
 
+def test_cpu_levels_from_numpy_features_old_and_new():
+    """numpy >= 2.4 names the x86-64 levels; older numpy only single features (AVX2, ...)."""
+    from kernels._dispatch import cpu_supports
+
+    skylake_old_numpy = {"AVX": True, "AVX2": True, "FMA3": True, "F16C": True, "AVX512_SKX": True}
+    assert cpu_supports("X86_V3", skylake_old_numpy) and cpu_supports("X86_V4", skylake_old_numpy)
+    haswell_old_numpy = dict(skylake_old_numpy, AVX512_SKX=False)
+    assert cpu_supports("X86_V3", haswell_old_numpy) and not cpu_supports("X86_V4", haswell_old_numpy)
+    assert not cpu_supports("X86_V3", dict(haswell_old_numpy, FMA3=False))
+    assert not cpu_supports("X86_V3", {})
+    # numpy's own verdict on a level wins over the single features
+    assert not cpu_supports("X86_V4", dict(skylake_old_numpy, X86_V4=False))
+    assert cpu_supports("X86_V3", {"X86_V3": True})
+
+
 @pytest.mark.parametrize("variant", ["baseline", "x86_64_v3", "x86_64_v4"])
 def test_forcing_a_cpu_variant(variant):
     from kernels import _dispatch
@@ -175,8 +190,13 @@ def test_build_info_and_threads():
         assert kernels.get_num_threads() == 1 and kernels.build_info()["threads"] == 1
     finally:
         kernels.set_num_threads(before)
-    with pytest.raises(ValueError, match="n must be >= 1"):
-        pyops.set_num_threads(0)
+    limit = kernels.MAX_THREADS
+    for bad in (0, -1, limit + 1, 10**20):  # a huge count crashed libgomp at the next kernel call
+        with pytest.raises(ValueError, match=f"n must be between 1 and {limit}, got {bad}"):
+            pyops.set_num_threads(bad)
+    with pytest.raises(TypeError, match="n must be an integer, got 2.5"):
+        kernels.set_num_threads(2.5)
+    assert kernels.get_num_threads() == before
 
 
 def test_omp_num_threads_is_honoured():
