@@ -25,10 +25,12 @@ def as_float_array(where: str, name: str, a: Any) -> np.ndarray:
     """
     arr = np.asarray(a)
     if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            f"{where}: {name} must have dtype {_ACCEPTED}, got {arr.dtype}"
-            + (" (cast it with .astype(np.float64) first)" if arr.dtype.kind in "iub" else "")
-        )
+        hint = ""
+        if arr.dtype.kind in "iub":
+            hint = " (cast it with .astype(np.float64) first)"
+        elif arr.dtype.kind == "f" and arr.dtype.newbyteorder("=") in FLOAT_DTYPES:
+            hint = f" (byte-swapped: convert it with .astype(np.{arr.dtype.newbyteorder('=')}))"
+        raise TypeError(f"{where}: {name} must have dtype {_ACCEPTED}, got {arr.dtype}{hint}")
     return arr
 
 
@@ -49,11 +51,17 @@ def check_hyperparameter(where: str, name: str, value: Any, positive: bool = Fal
 
 
 def check_fits_dtype(where: str, name: str, value: float, dtype: np.dtype) -> None:
-    """ValueError if ``value`` (>= 0) would overflow to inf in ``dtype``, the kernels' type."""
+    """ValueError if ``value`` (>= 0) would overflow to inf, or a positive one round to 0, in
+    ``dtype``, the kernels' type."""
     if value > float(np.finfo(dtype).max):
         raise ValueError(
             f"{where}: {name}={value!r} overflows {np.dtype(dtype)} "
             f"(largest {np.finfo(dtype).max:.4g}); use a smaller {name} or float64"
+        )
+    if value > 0 and np.dtype(dtype).type(value) == 0:
+        raise ValueError(
+            f"{where}: {name}={value!r} rounds to 0 in {np.dtype(dtype)} "
+            f"(smallest {np.finfo(dtype).smallest_subnormal:.4g}); use a larger {name}, or 0 on purpose"
         )
 
 
@@ -123,7 +131,7 @@ def check_out(
     """
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
+    if not isinstance(out, np.ndarray) or isinstance(out, np.matrix):  # a matrix stays 2-D
         raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.dtype != dtype:
         raise TypeError(f"{where}: {name} must have dtype {dtype}, got {out.dtype}")

@@ -110,6 +110,7 @@ def test_backward_before_forward(ops):
             make().backward(np.ones((4, 3)))
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_out_errors(ops):
     x = np.ones((4, 3))
     with pytest.raises(TypeError, match=r"^Relu\.forward: out must have dtype float64, got float32"):
@@ -124,6 +125,9 @@ def test_out_errors(ops):
         ops.Log().forward(x, out=ro)
     with pytest.raises(TypeError, match=r"^Log\.forward: out must be a numpy.ndarray, got list"):
         ops.Log().forward(x, out=[[0.0] * 3] * 4)
+    for make in (ops.Relu, ops.Softmax, ops.Log):  # np.matrix cannot be flattened: refused by both
+        with pytest.raises(TypeError, match=r"\.forward: out must be a numpy.ndarray, got matrix"):
+            make().forward(x, out=np.asmatrix(np.empty((4, 3))))
     big = np.arange(16.0)
     with pytest.raises(ValueError, match=r"^Relu\.forward: out overlaps an input without being identical"):
         ops.Relu().forward(big[:12].reshape(4, 3), out=big[4:].reshape(4, 3))
@@ -220,6 +224,22 @@ def test_log_eps_that_overflows_the_dtype(ops):
         assert np.isfinite(op.forward(np.ones(3))).all()
         with pytest.raises(ValueError, match=r"^Log\.forward: eps=1e\+300 overflows float32"):
             op.forward(np.ones(3, np.float32))
+
+
+def test_log_eps_that_rounds_to_zero_in_the_dtype(ops):
+    op = ops.Log(eps=1e-46)  # a float64 subnormal, 0 in float32: log(0) would be -inf
+    assert np.isfinite(op.forward(np.zeros(3))).all()
+    with pytest.raises(ValueError, match=r"^Log\.forward: eps=1e-46 rounds to 0 in float32"):
+        op.forward(np.zeros(3, np.float32))
+    with pytest.warns(RuntimeWarning, match="-inf for 3 at -eps"):  # eps=0 is allowed on purpose
+        assert np.isneginf(ops.Log(eps=0).forward(np.zeros(3, np.float32))).all()
+
+
+def test_byte_swapped_floats_are_refused_with_a_hint(ops):
+    x = np.ones((2, 3), ">f8" if np.little_endian else "<f8")
+    with pytest.raises(TypeError, match=r"^Relu\.forward: x must have dtype float32 or float64, got "
+                                        r".*byte-swapped: convert it with \.astype\(np\.float64\)"):
+        ops.Relu().forward(x)
 
 
 def test_ieee_specials_give_no_numpy_warnings(ops, dtype):
