@@ -140,4 +140,23 @@ def load() -> ModuleType:
     for name in runnable_variants():
         if name in built:
             return load_variant(name)
-    raise ImportError(f"the compiled extension of kernels is not built; {BUILD_HINT}")
+    raise ImportError(_shadowed_message() or f"the compiled extension of kernels is not built; {BUILD_HINT}")
+
+
+def _shadowed_message() -> Optional[str]:
+    """If this ``kernels`` (with no compiled module) hides a built one later on ``sys.path``,
+    as a source checkout's does when Python runs from its root, say so."""
+    import importlib.machinery
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        other = os.path.join(os.path.abspath(entry or os.curdir), "kernels")
+        if other == here or not os.path.isdir(other):
+            continue
+        if any(f.startswith("_kernels_") and f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+               for f in os.listdir(other)):
+            return (f"kernels was imported from {here}, which has no compiled module and hides "
+                    f"the built one in {other}: run Python from another directory than the "
+                    f"source checkout's root, and keep it off PYTHONPATH (the first match on sys.path wins)")
+    return None

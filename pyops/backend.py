@@ -90,7 +90,7 @@ def get_backend() -> str:
 def set_backend(name: str) -> None:
     """Make ``name`` the active backend, after checking that it loads."""
     global _active, _env_error
-    get_ops(name)
+    get_ops(_check_name(name))  # a name: get_ops(None) would mean "the active one"
     _active, _env_error = name, None
 
 

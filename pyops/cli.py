@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     ev.add_argument("model", metavar="MODEL.npz", help="model file written by 'pyops train --save'")
-    ev.add_argument("--data", metavar="PATH", default=None, help="mnist.npz to use")
+    ev.add_argument("--data", metavar="PATH", default=None,
+                    help="mnist.npz to use (default: pyops.data.load_mnist's cache or download)")
     ev.add_argument("--backend", choices=BACKENDS, default=None,
                     help="op backend (default: the active one)")
     ev.set_defaults(func=evaluate)
@@ -245,6 +246,12 @@ def _load_data(path: Optional[str], dtype: np.dtype, verbose: bool):
     Xt = add_bias_column(xt, dtype, n_features=d, divide_by=255.0)
     y, yt = np.asarray(y).astype(np.intp), np.asarray(yt).astype(np.intp)
     return X, _data.one_hot(y, 10, dtype), y, Xt, _data.one_hot(yt, 10, dtype), d
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds for a line of output: 3 significant digits, never an exponent."""
+    ms = 1e3 * seconds
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
 
 
 def _versions(backend: str) -> Dict[str, Any]:
@@ -469,7 +476,7 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
           f"epoch {final['epoch']}")
     print(f"test loss {final['test_loss']:.6g} ; test accuracy {final['test_accuracy']:.4f}")
     print(f"total {total_time:.2f} s ; {train_time / len(history):.3f} s per epoch ; "
-          f"median step {1e3 * median_step:.3g} ms ; time_to_97 {t97} ; backend {ops.backend}, "
+          f"median step {_ms(median_step)} ms ; time_to_97 {t97} ; backend {ops.backend}, "
           f"{dtype.name}")
 
     result = dict(
@@ -481,11 +488,17 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
         test_accuracy=final["test_accuracy"], time_to_97=time_to_97, epoch_to_97=epoch_to_97,
     )
     if args.log:  # first: a failing --save must not lose the log
-        with open(args.log, "w") as f:
-            json.dump(result, f, indent=2, default=str)
-            f.write("\n")
+        try:
+            with open(args.log, "w") as f:
+                json.dump(result, f, indent=2, default=str)
+                f.write("\n")
+        except OSError as e:
+            raise OSError(f"--log {args.log}: {e.strerror or e}") from e
     if args.save:
-        model.save(args.save, recipe=cfg["recipe"], config=cfg, test_accuracy=final["test_accuracy"])
+        try:
+            model.save(args.save, recipe=cfg["recipe"], config=cfg, test_accuracy=final["test_accuracy"])
+        except OSError as e:
+            raise OSError(f"--save {args.save}: {e.strerror or e}") from e
     return 0
 
 
@@ -522,6 +535,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ModelFileError) as e:
         print(f"pyops {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\npyops {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

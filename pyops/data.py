@@ -166,8 +166,8 @@ class MNISTUnavailableError(RuntimeError):
             f"  {KERAS_URL}",
             f"  (sha256 {KERAS_SHA256})",
             f"and copy it to {cache_file}",
-            "or pass its location as load_mnist(path=...) or in the PYOPS_MNIST "
-            "environment variable.",
+            "or pass its location as load_mnist(path=...), `pyops train --data PATH` "
+            "or in the PYOPS_MNIST environment variable.",
         ]
         super().__init__("\n".join(lines))
 

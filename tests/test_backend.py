@@ -47,8 +47,12 @@ def test_set_get_and_context_manager():
 
 
 def test_unknown_backend_lists_valid_ones():
+    before = pyops.get_backend()
     with pytest.raises(ValueError, match=r"unknown backend 'torch'; valid backends are 'numpy', 'cython'"):
         pyops.set_backend("torch")
+    with pytest.raises(ValueError, match=r"unknown backend None"):
+        pyops.set_backend(None)
+    assert pyops.get_backend() == before
     with pytest.raises(ValueError, match="unknown backend"):
         pyops.get_ops("cuda")
 
@@ -117,16 +121,28 @@ def test_installed_kernels_are_the_compiled_extension():
     assert info["variant"] == info["runnable_variants"][0], "the best variant this CPU runs was not loaded"
 
 
-def test_missing_extension_raises_with_build_instructions():
-    """From the source tree (no compiled module there), asking for cython must fail loudly."""
+def test_missing_extension_raises_with_build_instructions(tmp_path):
+    """From the source tree (no compiled module there), asking for cython must fail loudly:
+    saying how to build it, or, where the tree hides an installed build, saying that."""
     if list((REPO / "kernels").glob("_kernels_*.so")):
         pytest.skip("this checkout has an in-place build; the check needs a tree without one")
     code = "import pyops\ntry:\n    pyops.get_ops('cython')\nexcept ImportError as e:\n    print('ImportError:', e)\n"
+    # the source tree first on sys.path, the installed build after it (Python run from the root)
     out = run_python(code, cwd=REPO, PYTHONPATH=str(REPO))
-    assert "ImportError:" in out.stdout, out.stdout + out.stderr
-    assert "pip install ." in out.stdout
+    installed = Path(kernels.__file__).parent
+    assert f"ImportError: kernels was imported from {REPO / 'kernels'}, which has no compiled module " \
+           f"and hides the built one in {installed}" in out.stdout, out.stdout + out.stderr
     assert "cython" not in run_python("import pyops; print(pyops.available_backends())",
                                       cwd=REPO, PYTHONPATH=str(REPO)).stdout
+    # no installed build anywhere: only the source tree and numpy on the path (python -S)
+    numpy_dir = Path(np.__file__).parent
+    for name in (numpy_dir.name, numpy_dir.name + ".libs"):
+        if (numpy_dir.parent / name).exists():
+            (tmp_path / name).symlink_to(numpy_dir.parent / name)
+    bare = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{tmp_path}"}, timeout=120)
+    assert "ImportError: the compiled extension of kernels is not built; build it with `pip install .`" \
+        in bare.stdout, bare.stdout + bare.stderr
 
 
 def test_cpu_levels_from_numpy_features_old_and_new():

@@ -284,6 +284,31 @@ def test_missing_data_file_is_a_clean_error(tmp_path, capsys):
     assert err.startswith("pyops train: error:") and "nope.npz" in err
 
 
+def test_a_log_that_cannot_be_written_names_the_option(fake_mnist, tmp_path, monkeypatch, capsys):
+    """The folder is checked up front; a write that still fails at the end names --log."""
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    log = tmp_path / "run.json"
+    code = cli.main(["train", "--epochs", "1", "--data", fake_mnist.path, "--quiet", "--log", str(log)])
+    assert code == 1
+    assert capsys.readouterr().err.startswith(f"pyops train: error: --log {log}: Permission denied")
+
+
+def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_data", interrupt)
+    assert cli.main(["train", "--epochs", "1", "--quiet"]) == 130
+    assert capsys.readouterr().err == "\npyops train: interrupted\n"
+
+
+def test_milliseconds_are_printed_without_exponents():
+    assert [cli._ms(t) for t in (0.000708, 0.0123, 2.2104)] == ["0.708", "12.3", "2210"]
+
+
 # ------------------------------------------------------------------ real MNIST (slow)
 
 
