@@ -5,6 +5,7 @@ Usage, from the repository root::
     python -m bench.report                    # run bench/ (about 30 min on 2 cores), render, rewrite README
     python -m bench.report --json bench/results/latest.json   # render an existing run only
     python -m bench.report --with-training    # also run bench/memory.py, bench/time_to_accuracy.py
+    python -m bench.report -k relu            # a partial run: printed, saved as bench/results/partial.json
 
 The suite runs in one pytest session (every implementation of a table timed in the same
 process run), in a subprocess whose environment has ``OPENBLAS_CORETYPE`` and
@@ -30,6 +31,7 @@ from . import RESULTS_DIR, REPO_ROOT, ROWS_VARIABLE, UNSET_FOR_BENCHMARKS, bench
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 README = REPO_ROOT / "README.md"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
+PARTIAL_JSON = RESULTS_DIR / "partial.json"  # a -k run's, not committed
 PNG = RESULTS_DIR / "speedups.png"
 
 #: pytest-benchmark settings of the report's run (kept in the JSON's header too).
@@ -598,10 +600,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--with-training", action="store_true",
                    help="also run bench/memory.py and bench/time_to_accuracy.py (minutes)")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite README.md")
-    p.add_argument("-k", dest="keyword", help="pytest -k expression (a partial run, for trying things)")
+    p.add_argument("-k", dest="keyword",
+                   help="pytest -k expression: a partial run, for trying things; it writes "
+                        f"{PARTIAL_JSON.relative_to(REPO_ROOT)} and prints, leaving the "
+                        "committed results and README alone")
     args = p.parse_args(argv)
+    try:
+        import matplotlib  # noqa: F401  (the chart; checked before a 30-minute run, not after)
+    except ImportError:
+        p.error("matplotlib is needed for the chart: pip install \".[bench]\"")
 
-    json_path = args.json or DEFAULT_JSON
+    partial = args.keyword is not None and args.json is None
+    json_path = args.json or (PARTIAL_JSON if partial else DEFAULT_JSON)
     if args.json is None:
         extra = ["-k", args.keyword] if args.keyword else []
         rc = run_suite(json_path, extra)
@@ -625,6 +635,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               "its times say nothing about full-batch MNIST; not rendered", file=sys.stderr)
         return 2
     section, target_md = render(res, RESULTS_DIR)
+    if partial:
+        print(section)
+        print("\n### Targets\n")
+        print(target_md)
+        print(f"\na partial run (-k): wrote {json_path.relative_to(REPO_ROOT)} only")
+        return 0
     ops_md, records = op_tables(res)
     _, train = train_table(res)
     chart(records, train, res, PNG)

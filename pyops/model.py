@@ -277,6 +277,12 @@ class MLP:
         sizes = _layer_sizes(n_in, n_hidden, n_out)
         if seed is not None and rng is not None:
             raise ValueError("MLP: give seed or rng, not both")
+        if seed is not None:
+            message = f"MLP: seed must be an integer >= 0 or None (or pass rng=), got {seed!r}"
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise TypeError(message)
+            if seed < 0:
+                raise ValueError(message)
         self.loss_mode = loss
         self.init = init
         self.n_in, self.n_hidden, self.n_out = sizes
@@ -609,13 +615,14 @@ def train_one_step(model: MLP, x: Any, y: Any, lr: float = 1e-5) -> Tuple[float,
     y : array_like, shape (N, 10)
         One-hot labels.
     lr : float, default 1e-5
-        Learning rate (the notebook's, for its summed-loss gradient).
+        Learning rate (the notebook's, for its summed-loss gradient): finite and > 0.
 
     Returns
     -------
     (loss, accuracy) : tuple of float
         Of the forward pass *before* the update, as the notebook prints them.
     """
+    lr = check_hyperparameter("train_one_step", "lr", lr, positive=True)
     loss = model.forward(x, y)
     accuracy = model.accuracy(y)
     model.backward(y)
@@ -690,9 +697,9 @@ class SGD(_Optimizer):
 
     def __init__(self, params: Any, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, lr)
-        if not 0 <= momentum < 1:
+        self.momentum = check_hyperparameter("SGD", "momentum", momentum)
+        if not self.momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        self.momentum = float(momentum)
         self.weight_decay = check_hyperparameter("SGD", "weight_decay", weight_decay)
         self._v = [np.zeros_like(p) for p in self.params] if momentum else None
         self._tmp = [np.empty(p.shape, p.dtype) for p in self.params]
@@ -765,8 +772,14 @@ class Adam(_Optimizer):
                 f"Adam: the {self.backend} backend updates C-contiguous params in place; got an "
                 "array with other strides (pass a contiguous array, or backend='numpy')"
             )
-        b1, b2 = (float(b) for b in betas)
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        try:
+            if isinstance(betas, (str, bytes)):
+                raise TypeError
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"Adam: betas must be a pair of numbers in [0, 1), got {betas!r}") from None
+        b1, b2 = (check_hyperparameter("Adam", "betas", b) for b in (b1, b2))
+        if not (b1 < 1 and b2 < 1):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
         self.betas = (b1, b2)
         self.eps = check_hyperparameter("Adam", "eps", eps)

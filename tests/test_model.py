@@ -635,6 +635,35 @@ def test_a_hyperparameter_must_be_a_real_number(make, value):
         make(value)
 
 
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: SGD(np.zeros(2), momentum="a"), TypeError, r"^SGD: momentum must be a real number, got 'a'"),
+    (lambda: SGD(np.zeros(2), momentum=-0.5), ValueError, r"^SGD: momentum must be finite and >= 0"),
+    (lambda: Adam(np.zeros(2), betas="ab"), TypeError, r"^Adam: betas must be a pair of numbers"),
+    (lambda: Adam(np.zeros(2), betas=(0.9, 0.99, 0.999)), TypeError, r"^Adam: betas must be a pair"),
+    (lambda: Adam(np.zeros(2), betas=0.9), TypeError, r"^Adam: betas must be a pair"),
+    (lambda: Adam(np.zeros(2), betas=(0.9, None)), TypeError, r"^Adam: betas must be a real number, got None"),
+    (lambda: Adam(np.zeros(2), betas=(0.9, 1.0)), ValueError, r"^Adam: betas must be in \[0, 1\)"),
+    (lambda: MLP(seed="a"), TypeError, r"^MLP: seed must be an integer >= 0 or None"),
+    (lambda: MLP(seed=-1), ValueError, r"^MLP: seed must be an integer >= 0 or None"),
+    (lambda: MLP(seed=True), TypeError, r"^MLP: seed must be an integer >= 0 or None"),
+], ids=["sgd-momentum-str", "sgd-momentum-neg", "betas-str", "betas-three", "betas-scalar", "betas-none", "betas-one",
+        "seed-str", "seed-neg", "seed-bool"])
+def test_other_arguments_are_checked_and_named(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_train_one_step_checks_lr():
+    model = MLP(seed=0, n_in=4, n_hidden=3, n_out=2)
+    x, y = np.ones((5, 4)), np.eye(2)[[0, 1, 0, 1, 0]]
+    before = model.params.copy()
+    for bad, error in ((float("nan"), ValueError), (float("inf"), ValueError), (-1e-3, ValueError),
+                       (0.0, ValueError), ("a", TypeError)):
+        with pytest.raises(error, match=r"^train_one_step: lr must be"):
+            train_one_step(model, x, y, lr=bad)
+    np.testing.assert_array_equal(model.params, before)  # refused before any step
+
+
 def test_an_int_beyond_float_range_is_not_finite():
     with pytest.raises(ValueError, match=r"^SGD: lr must be finite and > 0"):
         SGD(np.zeros(2), lr=10 ** 400)
