@@ -350,7 +350,8 @@ def environment(res: Results) -> str:
         f"- Date: {e.get('date', res.doc.get('datetime', '?'))}; machine: {e.get('cpu_model', '?')}, "
         f"{e.get('cores', '?')} cores; load average (1/5/15 min) {fmt_load(load_start)} at the start, "
         f"{fmt_load(load_end)} at the end.",
-        f"- Python {e.get('python', '?')}, numpy {v.get('numpy')}, Cython {v.get('Cython')}, "
+        f"- Python {e.get('python', '?')}, numpy {v.get('numpy')}, "
+        f"Cython {k.get('cython') or v.get('Cython') or '?'} (the kernels' build), "
         f"TensorFlow {tf_version or 'not installed'}, PyTorch {v.get('torch') or 'not installed'}, "
         f"pytest-benchmark {v.get('pytest-benchmark')}.",
         f"- Kernels: CPU variant `{k.get('variant', '?')}` (built: {', '.join(k.get('built_variants', []))}), "

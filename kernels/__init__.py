@@ -76,7 +76,8 @@ def get_num_threads() -> int:
 
 
 def build_info() -> Dict[str, Any]:
-    """What is loaded: CPU variant, OpenMP on or off, vector exp/log, threads, module path.
+    """What is loaded: CPU variant, OpenMP on or off, vector exp/log, the Cython that generated
+    it, threads, module path.
 
     ``omp_wait`` says how long idle OpenMP threads spin (None without OpenMP).
     """

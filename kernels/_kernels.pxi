@@ -40,9 +40,13 @@ cdef extern from *:
     #ifndef OPK_VARIANT
     #define OPK_VARIANT "unknown"
     #endif
+    #ifndef OPK_CYTHON
+    #define OPK_CYTHON "unknown"
+    #endif
     """
     int OPK_OPENMP
     const char* OPK_VARIANT
+    const char* OPK_CYTHON
     int opk_max_threads() nogil
 
 cdef enum:
@@ -73,9 +77,10 @@ def get_num_threads():
 
 
 def build_info():
-    """How this module was built: variant, OpenMP, vector exp/log."""
+    """How this module was built: variant, OpenMP, vector exp/log, the Cython that generated it."""
     return {
         "variant": OPK_VARIANT.decode(),
+        "cython": OPK_CYTHON.decode(),
         "openmp": bool(OPK_OPENMP),
         "libmvec": bool(OPKERNELS_LIBMVEC),
     }

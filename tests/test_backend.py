@@ -200,6 +200,7 @@ def test_an_unknown_variant_makes_cython_unavailable_not_pyops_unusable():
 def test_build_info_and_threads():
     info = kernels.build_info()
     assert {"variant", "openmp", "libmvec", "threads"} <= set(info)
+    assert info["cython"][0].isdigit(), info["cython"]  # the version that generated the module
     before = kernels.get_num_threads()
     try:
         pyops.set_num_threads(1)
