@@ -2,7 +2,7 @@
 
 Usage, from the repository root::
 
-    python -m bench.report                    # run bench/ (about 30 min on 2 cores), render, rewrite README
+    python -m bench.report                    # run bench/ (5-30 min on 2 cores), render, rewrite README
     python -m bench.report --json bench/results/latest.json   # render an existing run only
     python -m bench.report --with-training    # also run bench/memory.py, bench/time_to_accuracy.py
     python -m bench.report -k relu            # a partial run: printed, saved as bench/results/partial.json
@@ -232,6 +232,29 @@ def op_tables(res: Results) -> Tuple[str, List[Dict[str, Any]]]:
         out.append(table(header, rows))
         out.append("")
     return "\n".join(out), records
+
+
+
+VARIANT_ORDER = ["baseline", "x86_64_v3", "x86_64_v4"]
+
+
+def variants_table(res: Results) -> str:
+    """Each compiled kernel per CPU variant, one thread (``bench/test_variants.py``)."""
+    seen = {i for g, r in res.median.items() if g.startswith("variant-") for i in r}
+    variants = [v for v in VARIANT_ORDER if v in seen] + sorted(seen - set(VARIANT_ORDER))
+    if not variants:
+        return ""
+    header = ["kernel"] + [f"{dtype} {v}" for dtype in ("float64", "float32") for v in variants]
+    rows = []
+    for op in OPS:
+        for direction in DIRECTIONS:
+            groups = {dtype: f"variant-{op}-{direction}-{dtype}" for dtype in ("float64", "float32")}
+            if not any(g in res.median for g in groups.values()):
+                continue
+            rows.append([f"{OP_LABEL[op]} {direction}"] + [
+                ms(res.get(g, v)) + (NOISY_MARK if res.noisy(g, v) else "")
+                for g in groups.values() for v in variants])
+    return table(header, rows)
 
 
 # --------------------------------------------------------------------------- training step
@@ -539,6 +562,18 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
         "",
         ops_md,
     ]
+    variants_md = variants_table(res)
+    if variants_md:
+        parts += [
+            "### Compiled kernels per CPU variant",
+            "",
+            "The same kernels as built for each CPU level this machine runs (`bench/test_variants.py`), "
+            "one thread, median ms: what a CPU without AVX-512 (`x86_64_v3`) or without AVX2 "
+            "(`baseline`) gets. `kernels` loads the last of them here.",
+            "",
+            variants_md,
+            "",
+        ]
     if train_md:
         parts += [
             "### Training step",
