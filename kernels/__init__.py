@@ -62,6 +62,8 @@ def set_num_threads(n: int) -> None:
     ``n`` is an integer from 1 to :data:`MAX_THREADS`; TypeError or ValueError otherwise.
     """
     try:
+        if isinstance(n, bool):  # an index, but True meaning 1 thread is a bug in the caller
+            raise TypeError
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"set_num_threads: n must be an integer, got {n!r}") from None

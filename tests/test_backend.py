@@ -213,6 +213,8 @@ def test_build_info_and_threads():
             pyops.set_num_threads(bad)
     with pytest.raises(TypeError, match="n must be an integer, got 2.5"):
         kernels.set_num_threads(2.5)
+    with pytest.raises(TypeError, match="n must be an integer, got True"):
+        pyops.set_num_threads(True)
     assert kernels.get_num_threads() == before
 
 
