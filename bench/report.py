@@ -641,12 +641,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         f"{PARTIAL_JSON.relative_to(REPO_ROOT)} and prints, leaving the "
                         "committed results and README alone")
     args = p.parse_args(argv)
+    if args.keyword is not None and (args.json is not None or args.with_training):
+        # a partial run must not touch the committed results: --json renders into report.md
+        # and README, --with-training rewrites memory.json and time_to_accuracy.json
+        p.error("-k is a partial benchmark run and cannot be combined with --json or --with-training")
     try:
         import matplotlib  # noqa: F401  (the chart; checked before a 30-minute run, not after)
     except ImportError:
         p.error("matplotlib is needed for the chart: pip install \".[bench]\"")
 
-    partial = args.keyword is not None and args.json is None
+    partial = args.keyword is not None
     json_path = args.json or (PARTIAL_JSON if partial else DEFAULT_JSON)
     if args.json is None:
         extra = ["-k", args.keyword] if args.keyword else []
