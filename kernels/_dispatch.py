@@ -87,7 +87,8 @@ def load_variant(name: str) -> ModuleType:
         return _import_with_short_spin(f"kernels._kernels_{name}")
     except ImportError as exc:
         raise ImportError(
-            f"the compiled {name!r} build of kernels is not available ({exc}); {BUILD_HINT}"
+            f"the compiled {name!r} build of kernels is not available ({exc}); "
+            + (_shadowed_message() or BUILD_HINT)
         ) from exc
 
 

@@ -134,6 +134,10 @@ def test_missing_extension_raises_with_build_instructions(tmp_path):
            f"and hides the built one in {installed}" in out.stdout, out.stdout + out.stderr
     assert "cython" not in run_python("import pyops; print(pyops.available_backends())",
                                       cwd=REPO, PYTHONPATH=str(REPO)).stdout
+    # the same when a CPU variant is forced (tests and benchmarks do): the shadow is named
+    forced = run_python(code, cwd=REPO, PYTHONPATH=str(REPO), PYOPS_CPU_VARIANT="baseline")
+    assert "PYOPS_CPU_VARIANT='baseline': the compiled 'baseline' build of kernels is not available" \
+        in forced.stdout and f"hides the built one in {installed}" in forced.stdout, forced.stdout + forced.stderr
     # no installed build anywhere: only the source tree and numpy on the path (python -S)
     numpy_dir = Path(np.__file__).parent
     for name in (numpy_dir.name, numpy_dir.name + ".libs"):
