@@ -251,7 +251,11 @@ def _load_data(path: Optional[str], dtype: np.dtype, verbose: bool):
 def _ms(seconds: float) -> str:
     """Milliseconds for a line of output: 3 significant digits, never an exponent."""
     ms = 1e3 * seconds
-    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 0.001:
+        return f"{ms:.3g}"  # no exponent from 0.001 up
+    return f"{ms:.6f}"  # below a microsecond: fixed point, not '5e-05'
 
 
 def _versions(backend: str) -> Dict[str, Any]:
@@ -487,18 +491,21 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
         test_loss=final["test_loss"],
         test_accuracy=final["test_accuracy"], time_to_97=time_to_97, epoch_to_97=epoch_to_97,
     )
-    if args.log:  # first: a failing --save must not lose the log
+    failed = []  # both are attempted: a failing --log must not lose the model, nor the reverse
+    if args.log:
         try:
             with open(args.log, "w") as f:
                 json.dump(result, f, indent=2, default=str)
                 f.write("\n")
         except OSError as e:
-            raise OSError(f"--log {args.log}: {e.strerror or e}") from e
+            failed.append(f"--log {args.log}: {e.strerror or e}")
     if args.save:
         try:
             model.save(args.save, recipe=cfg["recipe"], config=cfg, test_accuracy=final["test_accuracy"])
         except OSError as e:
-            raise OSError(f"--save {args.save}: {e.strerror or e}") from e
+            failed.append(f"--save {args.save}: {e.strerror or e}")
+    if failed:
+        raise OSError("; ".join(failed))
     return 0
 
 

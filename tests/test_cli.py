@@ -290,10 +290,12 @@ def test_a_log_that_cannot_be_written_names_the_option(fake_mnist, tmp_path, mon
         raise PermissionError(13, "Permission denied", path)
 
     monkeypatch.setattr(cli, "open", refuse, raising=False)
-    log = tmp_path / "run.json"
-    code = cli.main(["train", "--epochs", "1", "--data", fake_mnist.path, "--quiet", "--log", str(log)])
+    log, saved = tmp_path / "run.json", tmp_path / "model.npz"
+    code = cli.main(["train", "--epochs", "1", "--data", fake_mnist.path, "--quiet", "--log", str(log),
+                     "--save", str(saved)])
     assert code == 1
     assert capsys.readouterr().err.startswith(f"pyops train: error: --log {log}: Permission denied")
+    assert saved.exists() and not log.exists()  # the model was still saved
 
 
 def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys):
@@ -307,6 +309,7 @@ def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys):
 
 def test_milliseconds_are_printed_without_exponents():
     assert [cli._ms(t) for t in (0.000708, 0.0123, 2.2104)] == ["0.708", "12.3", "2210"]
+    assert [cli._ms(t) for t in (1e-6, 5e-8, 0.0)] == ["0.001", "0.000050", "0.000000"]
 
 
 # ------------------------------------------------------------------ real MNIST (slow)
