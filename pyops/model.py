@@ -772,15 +772,12 @@ class Adam(_Optimizer):
                 f"Adam: the {self.backend} backend updates C-contiguous params in place; got an "
                 "array with other strides (pass a contiguous array, or backend='numpy')"
             )
-        try:
-            if isinstance(betas, (str, bytes)):
-                raise TypeError
-            b1, b2 = betas
-        except (TypeError, ValueError):
-            raise TypeError(f"Adam: betas must be a pair of numbers in [0, 1), got {betas!r}") from None
-        b1, b2 = (check_hyperparameter("Adam", "betas", b) for b in (b1, b2))
-        if not (b1 < 1 and b2 < 1):
-            raise ValueError(f"Adam: betas must be in [0, 1), got {betas}")
+        if not (isinstance(betas, (tuple, list, np.ndarray)) and np.ndim(betas) == 1 and len(betas) == 2):
+            raise TypeError(f"Adam: betas must be a pair of numbers in [0, 1), got {betas!r}")
+        b1, b2 = (check_hyperparameter("Adam", f"betas[{i}]", b) for i, b in enumerate(betas))
+        for i, b in enumerate((b1, b2)):
+            if not b < 1:
+                raise ValueError(f"Adam: betas[{i}] must be in [0, 1), got {betas[i]!r}")
         self.betas = (b1, b2)
         self.eps = check_hyperparameter("Adam", "eps", eps)
         for p in self.params:  # the update computes in each parameter's dtype
