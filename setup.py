@@ -15,7 +15,6 @@ import sys
 import tempfile
 import textwrap
 
-import Cython
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -57,7 +56,6 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             variant = ext.name.rsplit("_kernels_", 1)[1]
             ext.define_macros.append(("OPK_VARIANT", f'"{variant}"'))
-            ext.define_macros.append(("OPK_CYTHON", f'"{Cython.__version__}"'))
             if msvc:
                 ext.extra_compile_args += ["/O2"] + openmp
             else:

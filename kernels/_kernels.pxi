@@ -40,13 +40,11 @@ cdef extern from *:
     #ifndef OPK_VARIANT
     #define OPK_VARIANT "unknown"
     #endif
-    #ifndef OPK_CYTHON
-    #define OPK_CYTHON "unknown"
-    #endif
     """
     int OPK_OPENMP
     const char* OPK_VARIANT
-    const char* OPK_CYTHON
+    # the version of the Cython that generated this C file (0xMMmmppXX), from its own header
+    long CYTHON_HEX_VERSION
     int opk_max_threads() nogil
 
 cdef enum:
@@ -80,7 +78,8 @@ def build_info():
     """How this module was built: variant, OpenMP, vector exp/log, the Cython that generated it."""
     return {
         "variant": OPK_VARIANT.decode(),
-        "cython": OPK_CYTHON.decode(),
+        "cython": "%d.%d.%d" % (CYTHON_HEX_VERSION >> 24, (CYTHON_HEX_VERSION >> 16) & 0xFF,
+                                (CYTHON_HEX_VERSION >> 8) & 0xFF),
         "openmp": bool(OPK_OPENMP),
         "libmvec": bool(OPKERNELS_LIBMVEC),
     }
