@@ -258,3 +258,9 @@ def test_log_domain_flag_in_every_variant(size, dtype):
                 x[bad_at] = -0.5
             flag = mod.log_forward(x, dtype(0.5), np.empty_like(x))
             assert flag is (bad_at is not None), (variant, bad_at)
+
+
+def test_a_zero_loss_is_positive_zero_on_both_backends(ops, dtype):
+    """A masked (-inf) logit beside the labelled one: the loss is exactly 0, and +0.0, not -0.0."""
+    loss = ops.SoftmaxCrossEntropy().forward(np.array([[-np.inf, 1.0]], dtype), np.array([1]))
+    assert loss == 0 and np.copysign(1.0, loss) == 1.0
