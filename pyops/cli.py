@@ -240,7 +240,7 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _load_data(path: Optional[str], dtype: np.dtype, verbose: bool):
     """MNIST as bias-augmented ``x / 255`` in ``dtype``, one-hot labels and class indices."""
-    (x, y), (xt, yt) = _data.load_mnist(path, verbose=verbose)
+    (x, y), (xt, yt) = _data._load_mnist(path, verbose=verbose, origin="--data")
     d = int(np.prod(np.shape(x)[1:]))
     X = add_bias_column(x, dtype, n_features=d, divide_by=255.0)
     Xt = add_bias_column(xt, dtype, n_features=d, divide_by=255.0)
@@ -512,7 +512,7 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     """``pyops evaluate``: test loss and accuracy of a saved model."""
     model = MLP.load(args.model, backend=args.backend)
-    (_, _), (xt, yt) = _data.load_mnist(args.data, verbose=True)
+    (_, _), (xt, yt) = _data._load_mnist(args.data, verbose=True, origin="--data")
     pixels, classes = int(np.prod(np.shape(xt)[1:])), int(np.max(yt)) + 1
     if model.n_in != pixels or model.n_out < classes:
         print(f"pyops evaluate: error: {args.model} holds a {model.n_in}+1-{model.n_hidden}-"

@@ -761,7 +761,12 @@ def load_mnist(path: PathLike | None = None, *, verbose: bool = True) -> MNISTAr
     >>> x_train.shape, y_train[:5]  # doctest: +SKIP
     ((60000, 28, 28), array([5, 0, 4, 1, 9], dtype=uint8))
     """
-    origin = "path="
+    return _load_mnist(path, verbose=verbose, origin="path=")
+
+
+def _load_mnist(path: PathLike | None, *, verbose: bool, origin: str) -> MNISTArrays:
+    """:func:`load_mnist`, whose errors about a named file say it was given by ``origin``
+    (``"--data"`` for the command line)."""
     if path is None and os.environ.get("PYOPS_MNIST"):
         path, origin = os.environ["PYOPS_MNIST"], "PYOPS_MNIST"
     if path is not None:

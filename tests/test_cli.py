@@ -2,8 +2,8 @@
 
 The training runs use a tiny fake ``mnist.npz`` written to ``tmp_path``; since
 :func:`pyops.data.load_mnist` accepts only the verified real file, the tests
-replace it with a plain ``np.load`` reader (and check the ``--data`` path is
-passed through).  Only the ``slow`` test trains on the real MNIST.
+replace the CLI's loader (``pyops.data._load_mnist``) with a plain ``np.load`` reader
+(and check the ``--data`` path is passed through).  Only the ``slow`` test trains on the real MNIST.
 """
 from __future__ import annotations
 
@@ -41,16 +41,17 @@ def _write_fake_mnist(path, n_train=320, n_test=80, seed=0):
 
 @pytest.fixture
 def fake_mnist(tmp_path, monkeypatch):
-    """Path of a fake mnist.npz; ``load_mnist`` reads it unverified and records its calls."""
+    """Path of a fake mnist.npz; the CLI's loader reads it unverified and records its calls."""
     path = _write_fake_mnist(tmp_path / "fake_mnist.npz")
     calls = []
 
-    def load(p=None, *, verbose=True):
+    def load(p=None, *, verbose=True, origin):
+        assert origin == "--data"  # a named file's errors name the option
         calls.append(p)
         with np.load(p) as f:
             return (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
 
-    monkeypatch.setattr(pyops.data, "load_mnist", load)
+    monkeypatch.setattr(pyops.data, "_load_mnist", load)
     load.calls = calls
     load.path = str(path)
     return load
@@ -281,7 +282,8 @@ def test_missing_data_file_is_a_clean_error(tmp_path, capsys):
     code = cli.main(["train", "--epochs", "1", "--data", str(tmp_path / "nope.npz"), "--quiet"])
     assert code == 1
     err = capsys.readouterr().err
-    assert err.startswith("pyops train: error:") and "nope.npz" in err
+    assert err.startswith(f"pyops train: error: MNIST file given by --data does not exist or is not a file: "
+                          f"{tmp_path / 'nope.npz'}"), err
 
 
 def test_a_log_that_cannot_be_written_names_the_option(fake_mnist, tmp_path, monkeypatch, capsys):
