@@ -9,9 +9,12 @@ Usage, from the repository root::
 
 The suite runs in one pytest session (every implementation of a table timed in the same
 process run), in a subprocess whose environment has ``OPENBLAS_CORETYPE`` and
-``OPENBLAS_L2_SIZE`` removed, and writes ``bench/results/latest.json``.  Rendering reads only
+``OPENBLAS_L2_SIZE`` removed, and writes ``bench/results/latest.json``; a second, short session
+times the training step again with ``OPENBLAS_THREAD_TIMEOUT=4`` (numpy's BLAS threads sleep
+at once instead of spinning) into ``bench/results/train_step_blas_timeout.json``.  Rendering reads only
 JSON files: ``latest.json`` (with the machine, versions, BLAS and kernel build recorded by
-``bench/conftest.py``), and ``memory.json`` / ``time_to_accuracy.json`` if they exist.
+``bench/conftest.py``), and ``train_step_blas_timeout.json`` / ``memory.json`` /
+``time_to_accuracy.json`` if they exist.
 Outputs: the section between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in
 README.md, ``bench/results/report.md`` (the same plus the target check) and
 ``bench/results/speedups.png``.  Times are medians.
@@ -33,6 +36,12 @@ README = REPO_ROOT / "README.md"
 DEFAULT_JSON = RESULTS_DIR / "latest.json"
 PARTIAL_JSON = RESULTS_DIR / "partial.json"  # a -k run's, not committed
 PNG = RESULTS_DIR / "speedups.png"
+#: The training step once more, with numpy's OpenBLAS told to put its idle threads to sleep at
+#: once (they spin about 0.1 s after every call by default, on the cores the kernels use).
+#: A second pytest session: OpenBLAS reads the variable only when numpy loads.
+SPIN_ENV = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+SPIN_JSON = RESULTS_DIR / "train_step_blas_timeout.json"
+SPIN_KEYWORD = "test_train_step and not parts and not tensorflow and not torch"
 
 #: pytest-benchmark settings of the report's run (kept in the JSON's header too).
 PYTEST_BENCHMARK_OPTIONS = [
@@ -65,15 +74,16 @@ NOISY_MARK = "†"
 
 
 # --------------------------------------------------------------------------- running
-def run_suite(json_path: Path, extra: List[str]) -> int:
+def run_suite(json_path: Path, extra: List[str], env: Optional[Dict[str, str]] = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-c", _PYTEST_RUNNER, "bench", "--benchmark-only",
            f"--benchmark-json={json_path}", *PYTEST_BENCHMARK_OPTIONS,
            "-p", "no:randomly", "-q", *extra]
-    print("+ env", " ".join(f"-u {v}" for v in UNSET_FOR_BENCHMARKS), " ".join(cmd[:2]), "...",
+    print("+ env", " ".join(f"-u {v}" for v in UNSET_FOR_BENCHMARKS),
+          " ".join(f"{k}={v}" for k, v in (env or {}).items()), " ".join(cmd[:2]), "...",
           " ".join(cmd[3:]), flush=True)
     t0 = time.time()
-    rc = subprocess.call(cmd, cwd=REPO_ROOT, env=benchmark_env())
+    rc = subprocess.call(cmd, cwd=REPO_ROOT, env=benchmark_env(env))
     print(f"suite finished in {time.time() - t0:.0f} s with exit code {rc}", flush=True)
     return rc
 
@@ -315,6 +325,23 @@ def parts_table(res: Results) -> Tuple[str, Dict[str, Tuple[float, bool]]]:
     header = ["dtype", f"GEMMs on {rows_sliced} rows", "scaled to 60000 rows",
               *(f"rest of step, {i}" for i in impls), f"estimated {res.cython} step / GEMMs"]
     return table(header, rows), estimate
+
+
+def spin_section(path: Path) -> str:
+    """The training-step table of the second session, run with :data:`SPIN_ENV` (if it exists)."""
+    if not path.exists():
+        return ""
+    spin = Results(json.loads(path.read_text()))
+    md, _ = train_table(spin)
+    if not md:
+        return ""
+    setting = " ".join(f"`{k}={v}`" for k, v in SPIN_ENV.items())
+    return (f"The same step in a second pytest session with {setting} "
+            f"(`{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`, "
+            f"{spin.env.get('date', '?')}): numpy's OpenBLAS then puts its idle threads to sleep "
+            "at once instead of letting them spin for about 0.1 s after every call, on the cores "
+            "the kernels that follow want. Not the setting of the targets above (OpenBLAS "
+            "variables unset), and only the implementations that use numpy's BLAS:\n\n" + md)
 
 
 # --------------------------------------------------------------------------- optional tables
@@ -587,6 +614,9 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
             train_md,
             "",
         ]
+    spin_md = spin_section(results_dir / SPIN_JSON.name)
+    if spin_md:
+        parts += [spin_md, ""]
     parts_md, estimate = parts_table(res)
     if parts_md:
         parts += [
@@ -630,6 +660,15 @@ def write_readme(section: str, readme: Path = README) -> None:
     readme.write_text(head + START + "\n" + section.rstrip() + "\n" + END + tail)
 
 
+def _tidy_json(path: Path) -> None:
+    """Record the options of the run in its JSON, and drop every round's time (megabytes)."""
+    doc = json.loads(path.read_text())
+    doc["opkernels_options"] = PYTEST_BENCHMARK_OPTIONS
+    for b in doc.get("benchmarks", []):  # the stats stay
+        b.get("stats", {}).pop("data", None)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="render this pytest-benchmark JSON instead of running the suite")
@@ -658,11 +697,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if rc != 0:
             print(f"the benchmark run failed (exit code {rc}); README left unchanged", file=sys.stderr)
             return rc
-        doc = json.loads(json_path.read_text())
-        doc["opkernels_options"] = PYTEST_BENCHMARK_OPTIONS
-        for b in doc.get("benchmarks", []):  # every round's time: megabytes; the stats stay
-            b.get("stats", {}).pop("data", None)
-        json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        _tidy_json(json_path)
+        if not partial:
+            if run_suite(SPIN_JSON, ["-k", SPIN_KEYWORD], env=SPIN_ENV) == 0:
+                _tidy_json(SPIN_JSON)
+            else:
+                SPIN_JSON.unlink(missing_ok=True)  # no stale table beside a new run
+                print("the OPENBLAS_THREAD_TIMEOUT run failed; its table is left out", file=sys.stderr)
     if args.with_training:
         for module, out in (("bench.memory", "memory.json"), ("bench.time_to_accuracy", "time_to_accuracy.json")):
             if run_script(module, ["--out", str(RESULTS_DIR / out)]) != 0:
