@@ -23,8 +23,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
-#: Variables that may be set on the machine for the tests; benchmarks run without them.
-UNSET_FOR_BENCHMARKS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: Variables that change how numpy's OpenBLAS runs and may be set on the machine for the tests;
+#: benchmarks run without them (``bench.report`` sets ``OPENBLAS_THREAD_TIMEOUT`` again in a
+#: second session of its own, labelled so).
+UNSET_FOR_BENCHMARKS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")
 
 #: Rows of the full-batch arrays: MNIST's 60000.  ``OPKERNELS_BENCH_ROWS`` makes them smaller
 #: for the untimed CI run (``pytest bench --benchmark-disable``), which checks that every

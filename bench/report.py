@@ -8,11 +8,13 @@ Usage, from the repository root::
     python -m bench.report -k relu            # a partial run: printed, saved as bench/results/partial.json
 
 The suite runs in one pytest session (every implementation of a table timed in the same
-process run), in a subprocess whose environment has ``OPENBLAS_CORETYPE`` and
-``OPENBLAS_L2_SIZE`` removed, and writes ``bench/results/latest.json``; a second, short session
-times the training step again with ``OPENBLAS_THREAD_TIMEOUT=4`` (numpy's BLAS threads sleep
-at once instead of spinning) into ``bench/results/train_step_blas_timeout.json``.  Rendering reads only
-JSON files: ``latest.json`` (with the machine, versions, BLAS and kernel build recorded by
+process run), in a subprocess whose environment has ``OPENBLAS_CORETYPE``,
+``OPENBLAS_L2_SIZE`` and ``OPENBLAS_THREAD_TIMEOUT`` removed, and writes
+``bench/results/latest.json``; a second, short session times the training step again with
+``OPENBLAS_THREAD_TIMEOUT=4`` (numpy's BLAS threads sleep at once instead of spinning) into
+``bench/results/train_step_blas_timeout.json``, stamped with the date of the first session's
+run so that it is rendered only beside that run.  Rendering reads only JSON files:
+``latest.json`` (with the machine, versions, BLAS and kernel build recorded by
 ``bench/conftest.py``), and ``train_step_blas_timeout.json`` / ``memory.json`` /
 ``time_to_accuracy.json`` if they exist.
 Outputs: the section between ``<!-- bench:start -->`` and ``<!-- bench:end -->`` in
@@ -42,6 +44,8 @@ PNG = RESULTS_DIR / "speedups.png"
 SPIN_ENV = {"OPENBLAS_THREAD_TIMEOUT": "4"}
 SPIN_JSON = RESULTS_DIR / "train_step_blas_timeout.json"
 SPIN_KEYWORD = "test_train_step and not parts and not tensorflow and not torch"
+#: Key of the second session's JSON holding the ``date`` of the first session it accompanies.
+SPIN_STAMP = "opkernels_main_run"
 
 #: pytest-benchmark settings of the report's run (kept in the JSON's header too).
 PYTEST_BENCHMARK_OPTIONS = [
@@ -327,14 +331,28 @@ def parts_table(res: Results) -> Tuple[str, Dict[str, Tuple[float, bool]]]:
     return table(header, rows), estimate
 
 
-def spin_section(path: Path) -> str:
-    """The training-step table of the second session, run with :data:`SPIN_ENV` (if it exists)."""
+def spin_section(path: Path, res: Results) -> str:
+    """The training-step table of the second session, run with :data:`SPIN_ENV`, beside ``res``.
+
+    Empty (with a warning saying why) unless ``path`` holds a run stamped with ``res``'s date, its
+    environment had :data:`SPIN_ENV` and ``res``'s did not, and it has a training-step table.
+    """
     if not path.exists():
         return ""
-    spin = Results(json.loads(path.read_text()))
+    try:
+        doc = json.loads(path.read_text())
+        spin = Results(doc)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return _left_out(path, f"it cannot be read ({exc})")
+    if doc.get(SPIN_STAMP) != res.env.get("date"):
+        return _left_out(path, f"it belongs to the run of {doc.get(SPIN_STAMP)}, not to this one "
+                               f"of {res.env.get('date')}")
+    for name, value in SPIN_ENV.items():
+        if spin.env.get("env", {}).get(name) != value or res.env.get("env", {}).get(name) == value:
+            return _left_out(path, f"{name} was not {value} in it only: the two runs do not differ")
     md, _ = train_table(spin)
     if not md:
-        return ""
+        return _left_out(path, "it has no training-step benchmarks")
     setting = " ".join(f"`{k}={v}`" for k, v in SPIN_ENV.items())
     return (f"The same step in a second pytest session with {setting} "
             f"(`{path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}`, "
@@ -342,6 +360,11 @@ def spin_section(path: Path) -> str:
             "at once instead of letting them spin for about 0.1 s after every call, on the cores "
             "the kernels that follow want. Not the setting of the targets above (OpenBLAS "
             "variables unset), and only the implementations that use numpy's BLAS:\n\n" + md)
+
+
+def _left_out(path: Path, why: str) -> str:
+    print(f"{path.name}: its table is left out: {why}", file=sys.stderr)
+    return ""
 
 
 # --------------------------------------------------------------------------- optional tables
@@ -382,7 +405,7 @@ def accuracy_table(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- environment
-def environment(res: Results) -> str:
+def environment(res: Results, second_session: bool = False) -> str:
     e = res.env
     v = e.get("versions", {})
     k = e.get("kernels", {})
@@ -390,7 +413,7 @@ def environment(res: Results) -> str:
     envvars = e.get("env", {})
     tf_version = v.get("tensorflow") or v.get("tensorflow-cpu")
     blas_env = ", ".join(f"`{n}` {'unset' if not envvars.get(n) else '= ' + repr(envvars[n])}"
-                      for n in UNSET_FOR_BENCHMARKS + ("OPENBLAS_THREAD_TIMEOUT",) if n in envvars)
+                         for n in UNSET_FOR_BENCHMARKS if n in envvars)
     blas_core = blas.get("openblas_core")
     load_start = e.get("load_average_start")
     load_end = e.get("load_average")
@@ -411,7 +434,10 @@ def environment(res: Results) -> str:
         f"- numpy's BLAS: {blas.get('name', '?')} {blas.get('version', '')}"
         + (f", core `{blas_core}`, {blas.get('openblas_threads')} threads" if blas_core else "")
         + f"; {blas_env}.",
-        f"- Medians of pytest-benchmark rounds, one pytest session; options `{opts}`.",
+        "- Medians of pytest-benchmark rounds, the tables of ops, variants and the training step "
+        "from one pytest session" + (" (the `" + " ".join(f"{k}={v}" for k, v in SPIN_ENV.items())
+                                     + "` table from a second)" if second_session else "")
+        + f"; options `{opts}`.",
     ]
     stalls = e.get("stall_fraction") or {}
     if stalls.get("end") is not None:
@@ -572,7 +598,9 @@ def chart(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results, pa
 
 
 # --------------------------------------------------------------------------- README
-def render(res: Results, results_dir: Path) -> Tuple[str, str]:
+def render(res: Results, results_dir: Path, second_session: bool = True) -> Tuple[str, str]:
+    """The README section and the target table of ``res``; ``second_session`` adds the table
+    of :data:`SPIN_JSON` (in ``results_dir``) if it accompanies ``res``."""
     ops_md, records = op_tables(res)
     train_md, train = train_table(res)
     parts = [
@@ -614,7 +642,7 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
             train_md,
             "",
         ]
-    spin_md = spin_section(results_dir / SPIN_JSON.name)
+    spin_md = spin_section(results_dir / SPIN_JSON.name, res) if second_session else ""
     if spin_md:
         parts += [spin_md, ""]
     parts_md, estimate = parts_table(res)
@@ -637,7 +665,7 @@ def render(res: Results, results_dir: Path) -> Tuple[str, str]:
     mem = memory_table(results_dir / "memory.json")
     if mem:
         parts += ["### Memory", "", mem, ""]
-    parts += ["### Where these numbers come from", "", environment(res), "",
+    parts += ["### Where these numbers come from", "", environment(res, second_session=bool(spin_md)), "",
               f"![speedups](bench/results/{PNG.name})", ""]
     section = "\n".join(parts)
     checks = targets(records, train, res, estimate=estimate)
@@ -660,13 +688,30 @@ def write_readme(section: str, readme: Path = README) -> None:
     readme.write_text(head + START + "\n" + section.rstrip() + "\n" + END + tail)
 
 
-def _tidy_json(path: Path) -> None:
-    """Record the options of the run in its JSON, and drop every round's time (megabytes)."""
+def _tidy_json(path: Path, **extra: Any) -> Dict[str, Any]:
+    """Record the options of the run (and ``extra``) in its JSON, and drop every round's time
+    (megabytes); returns the document."""
     doc = json.loads(path.read_text())
     doc["opkernels_options"] = PYTEST_BENCHMARK_OPTIONS
+    doc.update(extra)
     for b in doc.get("benchmarks", []):  # the stats stay
         b.get("stats", {}).pop("data", None)
     path.write_text(json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
+def run_second_session(main_doc: Dict[str, Any]) -> bool:
+    """Time the training step again with :data:`SPIN_ENV` into :data:`SPIN_JSON`, stamped with the
+    date of ``main_doc`` (the first session's run); on failure no file is left."""
+    running = SPIN_JSON.with_name(SPIN_JSON.stem + ".running.json")
+    ok = run_suite(running, ["-k", SPIN_KEYWORD], env=SPIN_ENV) == 0
+    if ok:
+        _tidy_json(running, **{SPIN_STAMP: main_doc.get("machine_info", {}).get("opkernels", {}).get("date")})
+        running.replace(SPIN_JSON)
+    else:
+        running.unlink(missing_ok=True)
+        print("the OPENBLAS_THREAD_TIMEOUT session failed; its table is left out", file=sys.stderr)
+    return ok
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -693,17 +738,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     json_path = args.json or (PARTIAL_JSON if partial else DEFAULT_JSON)
     if args.json is None:
         extra = ["-k", args.keyword] if args.keyword else []
+        if not partial:
+            SPIN_JSON.unlink(missing_ok=True)  # never a second-session table from an older run
         rc = run_suite(json_path, extra)
         if rc != 0:
             print(f"the benchmark run failed (exit code {rc}); README left unchanged", file=sys.stderr)
             return rc
-        _tidy_json(json_path)
+        main_doc = _tidy_json(json_path)
         if not partial:
-            if run_suite(SPIN_JSON, ["-k", SPIN_KEYWORD], env=SPIN_ENV) == 0:
-                _tidy_json(SPIN_JSON)
-            else:
-                SPIN_JSON.unlink(missing_ok=True)  # no stale table beside a new run
-                print("the OPENBLAS_THREAD_TIMEOUT run failed; its table is left out", file=sys.stderr)
+            run_second_session(main_doc)
     if args.with_training:
         for module, out in (("bench.memory", "memory.json"), ("bench.time_to_accuracy", "time_to_accuracy.json")):
             if run_script(module, ["--out", str(RESULTS_DIR / out)]) != 0:
@@ -715,7 +758,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{json_path} was run on {rows} rows ({ROWS_VARIABLE}), not MNIST's 60000: "
               "its times say nothing about full-batch MNIST; not rendered", file=sys.stderr)
         return 2
-    section, target_md = render(res, RESULTS_DIR)
+    section, target_md = render(res, RESULTS_DIR, second_session=not partial)
     if partial:
         print(section)
         print("\n### Targets\n")

@@ -1,27 +1,40 @@
 """The report's command line and rendering: a partial run (-k) never touches the committed
-results; the OPENBLAS_THREAD_TIMEOUT run gets its own table.
+results; the OPENBLAS_THREAD_TIMEOUT session gets its own table, only beside the run it followed.
 
-Plain tests (no benchmark fixture): they run in CI's untimed bench run.
+Plain tests (no benchmark fixture): they run in CI's untimed bench run.  Every test that calls
+``report.main`` points its outputs into a temporary directory (:func:`sandbox`), so a regression
+cannot overwrite the committed results or README.md.
 """
 import json
+import shutil
+import sys
+import types
 
 import pytest
 
-from bench import report
+from bench import RESULTS_DIR, report
+
+MAIN_DATE = "2026-01-02T03:04:05+00:00"
 
 
-@pytest.mark.parametrize("extra", [["--with-training"], ["--json", "bench/results/latest.json"]])
-def test_partial_run_refuses_options_that_rewrite_committed_results(extra, capsys, monkeypatch):
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("the suite ran")
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("called")
 
-    monkeypatch.setattr(report, "run_suite", must_not_run)
-    monkeypatch.setattr(report, "run_script", must_not_run)
-    monkeypatch.setattr(report, "write_readme", must_not_run)
-    with pytest.raises(SystemExit) as exc:
-        report.main(["-k", "relu", *extra])
-    assert exc.value.code == 2
-    assert "-k is a partial benchmark run" in capsys.readouterr().err
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """report's paths under tmp_path; README, chart and the training scripts never run."""
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    monkeypatch.setattr(report, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_DIR", results)
+    for name in ("DEFAULT_JSON", "PARTIAL_JSON", "SPIN_JSON", "PNG"):
+        monkeypatch.setattr(report, name, results / getattr(report, name).name)
+    monkeypatch.setattr(report, "write_readme", _must_not_run)
+    monkeypatch.setattr(report, "run_script", _must_not_run)
+    monkeypatch.setattr(report, "chart", lambda *args, **kwargs: None)
+    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))  # checked only
+    return results
 
 
 def _record(group, impl, median):
@@ -29,13 +42,115 @@ def _record(group, impl, median):
             "stats": {"median": median, "iqr": median / 100, "min": median, "rounds": 5}}
 
 
-def test_the_blas_timeout_table_is_rendered_from_its_own_run(tmp_path):
+def _run_doc(date, env, step_ms):
+    """A pytest-benchmark JSON of a training-step run: cython-2t at step_ms, GEMMs at 60 ms."""
+    return {"machine_info": {"opkernels": {"date": date, "cores": 2, "rows": 60_000, "env": env}},
+            "benchmarks": [_record("train-step-float32", "cython-2t", step_ms / 1e3),
+                           _record("train-step-float32", "gemm-floor", 0.060)]}
+
+
+def _fake_suite(calls, main_rc=0, spin_rc=0):
+    """A run_suite writing _run_doc JSONs: the first session at 69 ms, the second at 66 ms."""
+    def run_suite(json_path, extra, env=None):
+        calls.append((json_path.name, extra, env))
+        if env is None:
+            json_path.write_text(json.dumps(_run_doc(MAIN_DATE, {}, 69.0)))
+            return main_rc
+        json_path.write_text(json.dumps(_run_doc("later", dict(env), 66.0))[:50] if spin_rc else
+                             json.dumps(_run_doc("later", dict(env), 66.0)))
+        return spin_rc
+    return run_suite
+
+
+@pytest.mark.parametrize("extra", [["--with-training"], ["--json", "bench/results/latest.json"]])
+def test_partial_run_refuses_options_that_rewrite_committed_results(extra, capsys, monkeypatch, sandbox):
+    monkeypatch.setattr(report, "run_suite", _must_not_run)
+    with pytest.raises(SystemExit) as exc:
+        report.main(["-k", "relu", *extra])
+    assert exc.value.code == 2
+    assert "-k is a partial benchmark run" in capsys.readouterr().err
+
+
+def test_full_run_adds_the_second_session_stamped_with_the_first(monkeypatch, sandbox, capsys):
+    calls = []
+    monkeypatch.setattr(report, "run_suite", _fake_suite(calls))
+    assert report.main(["--no-readme"]) == 0
+    assert [c[0] for c in calls] == ["latest.json", report.SPIN_JSON.stem + ".running.json"]
+    assert calls[1][1] == ["-k", report.SPIN_KEYWORD] and calls[1][2] == report.SPIN_ENV
+    spin = json.loads(report.SPIN_JSON.read_text())
+    assert spin[report.SPIN_STAMP] == MAIN_DATE and spin["opkernels_options"]
+    assert sorted(p.name for p in sandbox.iterdir()) == ["latest.json", "report.md", report.SPIN_JSON.name]
+    md = (sandbox / "report.md").read_text()
+    assert "`OPENBLAS_THREAD_TIMEOUT=4`" in md and "| `cython-2t` | 66.0 |" in md, md
+    assert "| `cython-2t` | 69.0 |" in md
+
+
+def test_failed_first_session_leaves_no_second_session_table(monkeypatch, sandbox):
+    report.SPIN_JSON.write_text(json.dumps({report.SPIN_STAMP: "an older run"}))
+    calls = []
+    monkeypatch.setattr(report, "run_suite", _fake_suite(calls, main_rc=3))
+    assert report.main(["--no-readme"]) == 3
+    assert [c[0] for c in calls] == ["latest.json"]
+    assert not report.SPIN_JSON.exists() and not (sandbox / "report.md").exists()
+
+
+def test_failed_second_session_is_left_out(monkeypatch, sandbox):
+    calls = []
+    monkeypatch.setattr(report, "run_suite", _fake_suite(calls, spin_rc=1))
+    assert report.main(["--no-readme"]) == 0
+    assert sorted(p.name for p in sandbox.iterdir()) == ["latest.json", "report.md"]
+    md = (sandbox / "report.md").read_text()
+    assert "| `cython-2t` | 69.0 |" in md and "OPENBLAS_THREAD_TIMEOUT=4" not in md
+
+
+def test_partial_run_neither_runs_nor_renders_the_second_session(monkeypatch, sandbox, capsys):
+    committed = report.SPIN_JSON
+    committed.write_text(json.dumps({**_run_doc("later", dict(report.SPIN_ENV), 66.0),
+                                     report.SPIN_STAMP: MAIN_DATE}))
+    before = committed.read_text()
+    calls = []
+    monkeypatch.setattr(report, "run_suite", _fake_suite(calls))
+    assert report.main(["-k", "train_step"]) == 0
+    assert [c[0] for c in calls] == ["partial.json"]
+    out = capsys.readouterr().out
+    assert "| `cython-2t` | 69.0 |" in out and "OPENBLAS_THREAD_TIMEOUT=4" not in out
+    assert committed.read_text() == before
+    assert sorted(p.name for p in sandbox.iterdir()) == ["partial.json", committed.name]
+
+
+def _main_results(env=None):
+    return report.Results(_run_doc(MAIN_DATE, env or {}, 69.0))
+
+
+def test_the_second_session_table_is_rendered_only_beside_its_run(tmp_path, capsys):
     path = tmp_path / report.SPIN_JSON.name
-    assert report.spin_section(path) == ""  # no run, no table
-    doc = {"machine_info": {"opkernels": {"date": "2026-01-02", "cores": 2}},
-           "benchmarks": [_record("train-step-float32", "cython-2t", 0.069),
-                          _record("train-step-float32", "gemm-floor", 0.060)]}
-    path.write_text(json.dumps(doc))
-    md = report.spin_section(path)
-    assert "`OPENBLAS_THREAD_TIMEOUT=4`" in md and "2026-01-02" in md
+    res = _main_results()
+    assert report.spin_section(path, res) == ""  # no run, no table
+    spin = {**_run_doc("later", dict(report.SPIN_ENV), 69.0), report.SPIN_STAMP: MAIN_DATE}
+    path.write_text(json.dumps(spin))
+    md = report.spin_section(path, res)
+    assert "`OPENBLAS_THREAD_TIMEOUT=4`" in md and "later" in md
     assert "| `cython-2t` | 69.0 | 0.690 | 1.15x |" in md, md
+
+    cases = {
+        "belongs to the run of": {**spin, report.SPIN_STAMP: "2025-12-31T00:00:00+00:00"},
+        "do not differ": {**spin, **_run_doc("later", {}, 69.0)},  # the variable was not set
+        "no training-step benchmarks": {**spin, "benchmarks": []},
+    }
+    for why, doc in cases.items():
+        path.write_text(json.dumps(doc))
+        assert report.spin_section(path, res) == ""
+        assert why in capsys.readouterr().err
+    path.write_text(json.dumps(spin))
+    assert report.spin_section(path, _main_results(dict(report.SPIN_ENV))) == ""  # set in both
+    assert "do not differ" in capsys.readouterr().err
+    path.write_text(json.dumps(spin)[:40])  # a truncated file
+    assert report.spin_section(path, res) == ""
+    assert "cannot be read" in capsys.readouterr().err
+
+
+def test_committed_second_session_belongs_to_the_committed_run():
+    main = report.Results(json.loads((RESULTS_DIR / "latest.json").read_text()))
+    spin = json.loads((RESULTS_DIR / report.SPIN_JSON.name).read_text())
+    assert spin[report.SPIN_STAMP] == main.env["date"]
+    assert report.spin_section(RESULTS_DIR / report.SPIN_JSON.name, main)
