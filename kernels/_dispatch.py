@@ -88,7 +88,7 @@ def load_variant(name: str) -> ModuleType:
     except ImportError as exc:
         raise ImportError(
             f"the compiled {name!r} build of kernels is not available ({exc}); "
-            + (_shadowed_message() or BUILD_HINT)
+            + (_shadowed_message(name) or BUILD_HINT)
         ) from exc
 
 
@@ -144,20 +144,32 @@ def load() -> ModuleType:
     raise ImportError(_shadowed_message() or f"the compiled extension of kernels is not built; {BUILD_HINT}")
 
 
-def _shadowed_message() -> Optional[str]:
-    """If this ``kernels`` (with no compiled module) hides a built one later on ``sys.path``,
-    as a source checkout's does when Python runs from its root, say so."""
+def _compiled_in(directory: str, variant: Optional[str]) -> bool:
+    """Does ``directory`` hold a compiled module of ``variant`` (of any variant if None)?"""
     import importlib.machinery
+
+    prefix = f"_kernels_{variant}." if variant else "_kernels_"
+    try:
+        return any(f.startswith(prefix) and f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+                   for f in os.listdir(directory))
+    except OSError:
+        return False
+
+
+def _shadowed_message(variant: Optional[str] = None) -> Optional[str]:
+    """If this ``kernels``, with no compiled module (of ``variant``, or of any variant if None),
+    hides one later on ``sys.path``, as a source checkout's does when Python runs from its
+    root, say so."""
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
+    if _compiled_in(here, variant):
+        return None
+    what = f"compiled {variant!r} module" if variant else "compiled module"
     for entry in sys.path:
         other = os.path.join(os.path.abspath(entry or os.curdir), "kernels")
-        if other == here or not os.path.isdir(other):
-            continue
-        if any(f.startswith("_kernels_") and f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-               for f in os.listdir(other)):
-            return (f"kernels was imported from {here}, which has no compiled module and hides "
+        if other != here and os.path.isdir(other) and _compiled_in(other, variant):
+            return (f"kernels was imported from {here}, which has no {what} and hides "
                     f"the built one in {other}: run Python from another directory than the "
                     f"source checkout's root, and keep it off PYTHONPATH (the first match on sys.path wins)")
     return None

@@ -74,12 +74,18 @@ def get_num_threads():
     return _n_threads
 
 
+def _version_from_hex(long v):
+    """``0x030301F0`` -> ``"3.3.1"``; ``0x030400B2`` -> ``"3.4.0b2"`` (PY_VERSION_HEX's layout)."""
+    level = (v >> 4) & 0xF
+    return "%d.%d.%d%s" % (v >> 24, (v >> 16) & 0xFF, (v >> 8) & 0xFF,
+                           "" if level == 0xF else "%s%d" % ({0xA: "a", 0xB: "b", 0xC: "rc"}.get(level, "?"), v & 0xF))
+
+
 def build_info():
     """How this module was built: variant, OpenMP, vector exp/log, the Cython that generated it."""
     return {
         "variant": OPK_VARIANT.decode(),
-        "cython": "%d.%d.%d" % (CYTHON_HEX_VERSION >> 24, (CYTHON_HEX_VERSION >> 16) & 0xFF,
-                                (CYTHON_HEX_VERSION >> 8) & 0xFF),
+        "cython": _version_from_hex(CYTHON_HEX_VERSION),
         "openmp": bool(OPK_OPENMP),
         "libmvec": bool(OPKERNELS_LIBMVEC),
     }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,29 @@ def test_installed_kernels_are_the_compiled_extension():
     assert info["variant"] == info["runnable_variants"][0], "the best variant this CPU runs was not loaded"
 
 
+def test_shadow_is_named_only_for_the_variant_missing(tmp_path, monkeypatch):
+    """A tree whose kernels has the baseline build only, before one with x86_64_v4 on sys.path:
+    the shadow message is for the v4 variant, not for "no compiled module at all"."""
+    import importlib.machinery
+
+    from kernels import _dispatch
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    here, other = tmp_path / "a" / "kernels", tmp_path / "b" / "kernels"
+    for d, variant in ((here, "baseline"), (other, "x86_64_v4")):
+        d.mkdir(parents=True)
+        (d / f"_kernels_{variant}{suffix}").touch()
+    monkeypatch.setattr(_dispatch, "__file__", str(here / "_dispatch.py"))
+    monkeypatch.setattr(sys, "path", [str(here.parent), str(other.parent)])
+    assert _dispatch._shadowed_message() is None  # here has a compiled module
+    assert _dispatch._shadowed_message("baseline") is None
+    assert _dispatch._shadowed_message("x86_64_v3") is None  # nobody has it: build, not shadow
+    assert _dispatch._shadowed_message("x86_64_v4") == (
+        f"kernels was imported from {here}, which has no compiled 'x86_64_v4' module and hides the "
+        f"built one in {other}: run Python from another directory than the source checkout's root, "
+        "and keep it off PYTHONPATH (the first match on sys.path wins)")
+
+
 def test_missing_extension_raises_with_build_instructions(tmp_path):
     """From the source tree (no compiled module there), asking for cython must fail loudly:
     saying how to build it, or, where the tree hides an installed build, saying that."""
@@ -201,10 +225,20 @@ def test_an_unknown_variant_makes_cython_unavailable_not_pyops_unusable():
     assert "ImportError: PYOPS_BACKEND='cython': PYOPS_CPU_VARIANT='avx9000'" in both.stderr
 
 
+@pytest.mark.parametrize("hex_version, text", [
+    (0x030301F0, "3.3.1"), (0x030400B2, "3.4.0b2"), (0x03000AA1, "3.0.10a1"), (0x040000C3, "4.0.0rc3"),
+])
+def test_cython_version_from_its_hex_form(hex_version, text):
+    from kernels import _table
+    assert _table._k._version_from_hex(hex_version) == text
+
+
 def test_build_info_and_threads():
     info = kernels.build_info()
     assert {"variant", "openmp", "libmvec", "threads"} <= set(info)
-    assert info["cython"][0].isdigit(), info["cython"]  # the version that generated the module
+    # the Cython that generated the module: pyproject.toml asks for Cython>=3.0
+    version = re.fullmatch(r"(\d+)\.\d+\.\d+((a|b|rc)\d+)?", info["cython"])
+    assert version and int(version.group(1)) >= 3, info["cython"]
     before = kernels.get_num_threads()
     try:
         pyops.set_num_threads(1)
