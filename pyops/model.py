@@ -743,7 +743,8 @@ class Adam(_Optimizer):
         Arrays updated in place by :meth:`step`.
     lr : float, default 1e-3
         Learning rate (a :meth:`step` call may override it, for schedules).
-    betas : (float, float), default (0.9, 0.999)
+    betas : tuple, list or 1-D array of two floats in [0, 1), default (0.9, 0.999)
+        Decay rates of the running means of the gradient and of its square.
     eps : float, default 1e-8
     weight_decay : float, default 0
         Decoupled decay: ``p -= lr * weight_decay * p`` each step.
@@ -762,7 +763,7 @@ class Adam(_Optimizer):
     True
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+    def __init__(self, params: Any, lr: float = 1e-3, betas: Union[Tuple[float, float], List[float], np.ndarray] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, backend: Optional[str] = None):
         super().__init__(params, lr)
         self.backend: str = get_ops(backend).backend
@@ -777,7 +778,7 @@ class Adam(_Optimizer):
         b1, b2 = (check_hyperparameter("Adam", f"betas[{i}]", b) for i, b in enumerate(betas))
         for i, b in enumerate((b1, b2)):
             if not b < 1:
-                raise ValueError(f"Adam: betas[{i}] must be in [0, 1), got {betas[i]!r}")
+                raise ValueError(f"Adam: betas[{i}] must be in [0, 1), got {b!r}")
         self.betas = (b1, b2)
         self.eps = check_hyperparameter("Adam", "eps", eps)
         for p in self.params:  # the update computes in each parameter's dtype

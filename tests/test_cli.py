@@ -300,6 +300,42 @@ def test_a_log_that_cannot_be_written_names_the_option(fake_mnist, tmp_path, mon
     assert saved.exists() and not log.exists()  # the model was still saved
 
 
+@pytest.mark.parametrize("failing", [("save",), ("log", "save")])
+def test_a_model_that_cannot_be_saved_names_the_option(failing, fake_mnist, tmp_path, monkeypatch, capsys):
+    """--log and --save are both attempted; the error names each that failed, joined by '; '."""
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    if "log" in failing:
+        monkeypatch.setattr(cli, "open", refuse, raising=False)
+    monkeypatch.setattr(cli.MLP, "save", lambda self, path, **metadata: refuse(path))
+    log, saved = tmp_path / "run.json", tmp_path / "model.npz"
+    code = cli.main(["train", "--epochs", "1", "--data", fake_mnist.path, "--quiet", "--log", str(log),
+                     "--save", str(saved)])
+    assert code == 1
+    expected = "; ".join(f"--{opt} {log if opt == 'log' else saved}: Permission denied" for opt in failing)
+    assert capsys.readouterr().err == f"pyops train: error: {expected}\n"
+    assert log.exists() == ("log" not in failing)  # a failing save does not lose the log
+    if log.exists():
+        assert json.loads(log.read_text())["test_accuracy"] >= 0
+
+
+def test_an_unexpected_save_error_does_not_hide_a_failed_log(fake_mnist, tmp_path, monkeypatch, capsys):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    def broken_save(self, path, **metadata):
+        raise RuntimeError("a bug in save")
+
+    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    monkeypatch.setattr(cli.MLP, "save", broken_save)
+    log = tmp_path / "run.json"
+    with pytest.raises(RuntimeError, match="a bug in save"):
+        cli.main(["train", "--epochs", "1", "--data", fake_mnist.path, "--quiet", "--log", str(log),
+                  "--save", str(tmp_path / "m.npz")])
+    assert capsys.readouterr().err == f"pyops train: error: --log {log}: Permission denied\n"
+
+
 def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
