@@ -154,3 +154,38 @@ def test_committed_second_session_belongs_to_the_committed_run():
     spin = json.loads((RESULTS_DIR / report.SPIN_JSON.name).read_text())
     assert spin[report.SPIN_STAMP] == main.env["date"]
     assert report.spin_section(RESULTS_DIR / report.SPIN_JSON.name, main)
+
+
+def _paired(impl, kernel_ms, copy_ms, copy_iqr_ms=0.0, kernel_iqr_ms=0.0):
+    rec = _record("relu-forward-float64-vs-copy", impl, kernel_ms / 1e3)
+    rec["stats"]["iqr"] = kernel_iqr_ms / 1e3
+    rec["extra_info"]["copy"] = {"median": copy_ms / 1e3, "iqr": copy_iqr_ms / 1e3, "min": copy_ms / 1e3,
+                                 "rounds": 200}
+    return rec
+
+
+def _copy_check(benchmarks, best=False):
+    res = report.Results({"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": benchmarks})
+    _, records = report.op_tables(res)
+    checks = {name: (detail, ok) for name, detail, ok in report.targets(records, {}, res, best=best)}
+    return checks.get("relu forward float64 within 1.2x of copy")
+
+
+def test_copy_targets_use_the_alternating_rounds():
+    # the unpaired copy-limit benchmark (0.9 ms) met a faster machine than the kernel did: the
+    # check uses the kernel's time against the copy timed in the same rounds (1.6 ms)
+    unpaired = [_record("relu-forward-float64", "cython-2t", 0.0016),
+                _record("relu-forward-float64", "copy-limit-2t", 0.0009)]
+    assert _copy_check(unpaired) == ("1.78x copy", False)
+    paired = [_paired("cython-1t", 2.0, 1.9), _paired("cython-2t", 1.6, 1.7)]
+    assert _copy_check(unpaired + paired) == ("0.94x copy (alternating rounds)", True)
+    # the faster copy of any thread count is the limit; best mode takes the faster kernel
+    paired = [_paired("cython-1t", 1.5, 1.0), _paired("cython-2t", 1.6, 1.7)]
+    assert _copy_check(paired) == ("1.60x copy (alternating rounds)", False)
+    assert _copy_check(paired, best=True) == ("1.50x copy (alternating rounds)", False)
+    # a "yes" against a noisy copy is unclear; so is a "no" of a noisy kernel
+    assert _copy_check([_paired("cython-2t", 1.0, 1.1, copy_iqr_ms=0.5)]) == ("0.91x copy (alternating rounds)", None)
+    assert _copy_check([_paired("cython-2t", 2.0, 1.0, kernel_iqr_ms=1.0)]) == ("2.00x copy (alternating rounds)", None)
+    md = report.paired_table(report.Results({"machine_info": {"opkernels": {"cores": 2}},
+                                             "benchmarks": [_paired("cython-2t", 1.6, 1.7)]}))
+    assert "| relu forward | float64 | - | - | - | 1.60 | 1.70 | 0.94 |" in md, md
