@@ -501,6 +501,11 @@ def environment(res: Results, second_session: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------- target check
+def _times(q: float, limit: float) -> str:
+    """``q`` as ``1.12x``; with three decimals where two would read as ``limit`` itself."""
+    return f"{q:.3f}x" if f"{q:.2f}" == f"{limit:.2f}" and q != limit else f"{q:.2f}x"
+
+
 def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
             best: bool = False, estimate: Optional[Dict[str, Tuple[float, bool]]] = None,
             ) -> List[Tuple[str, str, Optional[bool]]]:
@@ -549,13 +554,13 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
                     c = min(pair.values(), key=lambda p: p["copy"])
                     q = k["cython"] / c["copy"]
                     add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
-                        f"{q:.2f}x copy (alternating rounds)",
+                        f"{_times(q, limit)} copy (alternating rounds)",
                         {n for n, p in (("cython", k), ("copy", c)) if p[f"{n}_noisy"]}, "copy")
             elif x.get("cython") and x.get("copy"):
                 q = x["cython"] / x["copy"]
                 slow_copy = op == "relu" and q * COPY_BEATEN_BY_NOISE < 1
                 add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
-                    f"{q:.2f}x copy" + (" (copy slower than the kernel: suspect)" if slow_copy else ""),
+                    f"{_times(q, limit)} copy" + (" (copy slower than the kernel: suspect)" if slow_copy else ""),
                     x["noisy"], "copy", suspect=slow_copy)
         x = r("softmax", "backward")
         if x.get("cython") and x.get("torch"):
@@ -593,7 +598,7 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
             add(f"train step {dtype} no slower than TF tf.function", cy <= tf_t, f"{tf_t / cy:.2f}x",
                 noisy, "tensorflow")
         if cy and floor:
-            add(f"train step {dtype} at most 1.15x its two GEMMs", cy <= 1.15 * floor, f"{cy / floor:.2f}x floor",
+            add(f"train step {dtype} at most 1.15x its two GEMMs", cy <= 1.15 * floor, f"{_times(cy / floor, 1.15)} floor",
                 noisy, "gemm-floor")
     for dtype, (q, noisy_part) in (estimate or {}).items():
         if not best:

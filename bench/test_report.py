@@ -189,3 +189,8 @@ def test_copy_targets_use_the_alternating_rounds():
     md = report.paired_table(report.Results({"machine_info": {"opkernels": {"cores": 2}},
                                              "benchmarks": [_paired("cython-2t", 1.6, 1.7)]}))
     assert "| relu forward | float64 | - | - | - | 1.60 | 1.70 | 0.94 |" in md, md
+
+
+def test_a_ratio_that_rounds_to_its_limit_shows_a_third_decimal():
+    assert report._times(1.152, 1.15) == "1.152x" and report._times(1.148, 1.15) == "1.148x"
+    assert report._times(1.15, 1.15) == "1.15x" and report._times(1.16, 1.15) == "1.16x"
