@@ -383,15 +383,22 @@ def spin_section(path: Path, res: Results) -> str:
         return ""
     try:
         doc = json.loads(path.read_text())
+        if not isinstance(doc, dict):
+            raise ValueError(f"a JSON {type(doc).__name__}, not a pytest-benchmark document")
         spin = Results(doc)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        spin_env, main_env = (spin.env.get("env") or {}), (res.env.get("env") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return _left_out(path, f"it cannot be read ({exc})")
-    if doc.get(SPIN_STAMP) != res.env.get("date"):
-        return _left_out(path, f"it belongs to the run of {doc.get(SPIN_STAMP)}, not to this one "
-                               f"of {res.env.get('date')}")
+    stamp, date = doc.get(SPIN_STAMP), res.env.get("date")
+    if not stamp or not date:
+        return _left_out(path, "it or this run has no date to tell which run it belongs to")
+    if stamp != date:
+        return _left_out(path, f"it belongs to the run of {stamp}, not to this one of {date}")
     for name, value in SPIN_ENV.items():
-        if spin.env.get("env", {}).get(name) != value or res.env.get("env", {}).get(name) == value:
-            return _left_out(path, f"{name} was not {value} in it only: the two runs do not differ")
+        if spin_env.get(name) != value:
+            return _left_out(path, f"it was not run with {name}={value}")
+        if main_env.get(name) == value:
+            return _left_out(path, f"this run had {name}={value} too: the two do not differ")
     md, _ = train_table(spin)
     if not md:
         return _left_out(path, "it has no training-step benchmarks")
@@ -545,17 +552,15 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
         for (op, d), limit in COPY_TARGETS.items():
             x = r(op, d)
             pair = pairs.get((op, d, dtype), {})
-            if pair:  # kernel and copy in alternating rounds: the same machine for both
-                # the kernel of res.cython (or the faster, for best), against the faster copy
-                # (a copy split over Python threads loses to one thread on small arrays)
-                chosen = [p for i, p in pair.items() if best or i == res.cython]
-                if chosen:
-                    k = min(chosen, key=lambda p: p["cython"])
-                    c = min(pair.values(), key=lambda p: p["copy"])
-                    q = k["cython"] / c["copy"]
-                    add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
-                        f"{_times(q, limit)} copy (alternating rounds)",
-                        {n for n, p in (("cython", k), ("copy", c)) if p[f"{n}_noisy"]}, "copy")
+            # kernel and copy in alternating rounds, on as many threads: the same machine for
+            # both; the pair of res.cython, or (best) the pair of the faster kernel
+            chosen = list(pair.values()) if best else [pair[res.cython]] if res.cython in pair else []
+            if chosen:
+                p = min(chosen, key=lambda p: p["cython"])
+                q = p["cython"] / p["copy"]
+                add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
+                    f"{_times(q, limit)} copy (alternating rounds)",
+                    {n for n in ("cython", "copy") if p[f"{n}_noisy"]}, "copy")
             elif x.get("cython") and x.get("copy"):
                 q = x["cython"] / x["copy"]
                 slow_copy = op == "relu" and q * COPY_BEATEN_BY_NOISE < 1
@@ -780,10 +785,15 @@ def _tidy_json(path: Path, **extra: Any) -> Dict[str, Any]:
 def run_second_session(main_doc: Dict[str, Any]) -> bool:
     """Time the training step again with :data:`SPIN_ENV` into :data:`SPIN_JSON`, stamped with the
     date of ``main_doc`` (the first session's run); on failure no file is left."""
+    date = (main_doc.get("machine_info") or {}).get("opkernels", {}).get("date")
+    if not date:
+        print("the first session's JSON has no date: the OPENBLAS_THREAD_TIMEOUT session is "
+              "skipped (its table could not be tied to that run)", file=sys.stderr)
+        return False
     running = SPIN_JSON.with_name(SPIN_JSON.stem + ".running.json")
     ok = run_suite(running, ["-k", SPIN_KEYWORD], env=SPIN_ENV) == 0
     if ok:
-        _tidy_json(running, **{SPIN_STAMP: main_doc.get("machine_info", {}).get("opkernels", {}).get("date")})
+        _tidy_json(running, **{SPIN_STAMP: date})
         running.replace(SPIN_JSON)
     else:
         running.unlink(missing_ok=True)
@@ -815,14 +825,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     json_path = args.json or (PARTIAL_JSON if partial else DEFAULT_JSON)
     if args.json is None:
         extra = ["-k", args.keyword] if args.keyword else []
-        if not partial:
-            SPIN_JSON.unlink(missing_ok=True)  # never a second-session table from an older run
         rc = run_suite(json_path, extra)
         if rc != 0:
             print(f"the benchmark run failed (exit code {rc}); README left unchanged", file=sys.stderr)
             return rc
         main_doc = _tidy_json(json_path)
         if not partial:
+            SPIN_JSON.unlink(missing_ok=True)  # never a second-session table from an older run
             run_second_session(main_doc)
     if args.with_training:
         for module, out in (("bench.memory", "memory.json"), ("bench.time_to_accuracy", "time_to_accuracy.json")):
