@@ -141,14 +141,20 @@ def load() -> ModuleType:
     for name in runnable_variants():
         if name in built:
             return load_variant(name)
-    raise ImportError(_shadowed_message() or f"the compiled extension of kernels is not built; {BUILD_HINT}")
+    raise ImportError(_first_shadow(runnable_variants())
+                      or f"the compiled extension of kernels is not built; {BUILD_HINT}")
 
 
-def _compiled_in(directory: str, variant: Optional[str]) -> bool:
-    """Does ``directory`` hold a compiled module of ``variant`` (of any variant if None)?"""
+def _first_shadow(variants: List[str]) -> Optional[str]:
+    """The :func:`_shadowed_message` of the first of ``variants`` that is shadowed, if any."""
+    return next((m for m in map(_shadowed_message, variants) if m), None)
+
+
+def _compiled_in(directory: str, variant: str) -> bool:
+    """Does ``directory`` hold a compiled module of ``variant``?"""
     import importlib.machinery
 
-    prefix = f"_kernels_{variant}." if variant else "_kernels_"
+    prefix = f"_kernels_{variant}."
     try:
         return any(f.startswith(prefix) and f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
                    for f in os.listdir(directory))
@@ -156,16 +162,15 @@ def _compiled_in(directory: str, variant: Optional[str]) -> bool:
         return False
 
 
-def _shadowed_message(variant: Optional[str] = None) -> Optional[str]:
-    """If this ``kernels``, with no compiled module (of ``variant``, or of any variant if None),
-    hides one later on ``sys.path``, as a source checkout's does when Python runs from its
-    root, say so."""
+def _shadowed_message(variant: str) -> Optional[str]:
+    """If this ``kernels``, with no compiled module of ``variant``, hides one later on
+    ``sys.path``, as a source checkout's does when Python runs from its root, say so."""
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
     if _compiled_in(here, variant):
         return None
-    what = f"compiled {variant!r} module" if variant else "compiled module"
+    what = f"compiled {variant!r} module"
     for entry in sys.path:
         other = os.path.join(os.path.abspath(entry or os.curdir), "kernels")
         if other != here and os.path.isdir(other) and _compiled_in(other, variant):

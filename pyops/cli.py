@@ -249,8 +249,8 @@ def _load_data(path: Optional[str], dtype: np.dtype, verbose: bool):
 
 
 def _ms(seconds: float) -> str:
-    """Milliseconds for a line of output, never with an exponent: whole from 100 ms up, 3
-    significant digits from 0.001 ms up, six decimals below."""
+    """Milliseconds for a line of output, never with an exponent: whole from 100 ms up, at
+    most 3 significant digits from 0.001 ms up (``"1"`` for 1.0), six decimals below."""
     ms = 1e3 * seconds
     if ms >= 100:
         return f"{ms:.0f}"
@@ -505,9 +505,9 @@ def _train(cfg: Dict[str, Any], ops: Any, args: argparse.Namespace) -> int:
             model.save(args.save, recipe=cfg["recipe"], config=cfg, test_accuracy=final["test_accuracy"])
         except OSError as e:
             failed.append(f"--save {args.save}: {e.strerror or e}")
-        except Exception:
-            if failed:  # an unexpected error from save must not hide that --log failed
-                print(f"pyops train: error: {failed[0]}", file=sys.stderr)
+        except BaseException:
+            if failed:  # an unexpected error (or Ctrl-C) in save must not hide that --log failed
+                print(f"pyops {args.command}: error: {failed[0]}", file=sys.stderr)
             raise
     if failed:
         raise OSError("; ".join(failed))

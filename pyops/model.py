@@ -763,7 +763,8 @@ class Adam(_Optimizer):
     True
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: Union[Tuple[float, float], List[float], np.ndarray] = (0.9, 0.999),
+    def __init__(self, params: Any, lr: float = 1e-3,
+                 betas: Union[Tuple[float, float], List[float], np.ndarray] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, backend: Optional[str] = None):
         super().__init__(params, lr)
         self.backend: str = get_ops(backend).backend
@@ -778,7 +779,7 @@ class Adam(_Optimizer):
         b1, b2 = (check_hyperparameter("Adam", f"betas[{i}]", b) for i, b in enumerate(betas))
         for i, b in enumerate((b1, b2)):
             if not b < 1:
-                raise ValueError(f"Adam: betas[{i}] must be in [0, 1), got {b!r}")
+                raise ValueError(f"Adam: betas[{i}] must be in [0, 1), got {betas[i]}")
         self.betas = (b1, b2)
         self.eps = check_hyperparameter("Adam", "eps", eps)
         for p in self.params:  # the update computes in each parameter's dtype

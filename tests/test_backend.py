@@ -136,13 +136,19 @@ def test_shadow_is_named_only_for_the_variant_missing(tmp_path, monkeypatch):
         (d / f"_kernels_{variant}{suffix}").touch()
     monkeypatch.setattr(_dispatch, "__file__", str(here / "_dispatch.py"))
     monkeypatch.setattr(sys, "path", [str(here.parent), str(other.parent)])
-    assert _dispatch._shadowed_message() is None  # here has a compiled module
-    assert _dispatch._shadowed_message("baseline") is None
+    assert _dispatch._shadowed_message("baseline") is None  # here has it
     assert _dispatch._shadowed_message("x86_64_v3") is None  # nobody has it: build, not shadow
     assert _dispatch._shadowed_message("x86_64_v4") == (
         f"kernels was imported from {here}, which has no compiled 'x86_64_v4' module and hides the "
         f"built one in {other}: run Python from another directory than the source checkout's root, "
         "and keep it off PYTHONPATH (the first match on sys.path wins)")
+    # load() on a CPU without AVX-512: here's v4 build cannot run, the baseline one is shadowed
+    (other / f"_kernels_baseline{suffix}").touch()
+    (here / f"_kernels_baseline{suffix}").unlink()
+    (here / f"_kernels_x86_64_v4{suffix}").touch()
+    assert f"no compiled 'baseline' module and hides the built one in {other}" in \
+        _dispatch._first_shadow(["x86_64_v3", "baseline"])
+    assert _dispatch._first_shadow(["x86_64_v4"]) is None
 
 
 def test_missing_extension_raises_with_build_instructions(tmp_path):
@@ -154,7 +160,8 @@ def test_missing_extension_raises_with_build_instructions(tmp_path):
     # the source tree first on sys.path, the installed build after it (Python run from the root)
     out = run_python(code, cwd=REPO, PYTHONPATH=str(REPO))
     installed = Path(kernels.__file__).parent
-    assert f"ImportError: kernels was imported from {REPO / 'kernels'}, which has no compiled module " \
+    best = kernels.runnable_variants()[0]
+    assert f"ImportError: kernels was imported from {REPO / 'kernels'}, which has no compiled {best!r} module " \
            f"and hides the built one in {installed}" in out.stdout, out.stdout + out.stderr
     assert "cython" not in run_python("import pyops; print(pyops.available_backends())",
                                       cwd=REPO, PYTHONPATH=str(REPO)).stdout
@@ -227,6 +234,7 @@ def test_an_unknown_variant_makes_cython_unavailable_not_pyops_unusable():
 
 @pytest.mark.parametrize("hex_version, text", [
     (0x030301F0, "3.3.1"), (0x030400B2, "3.4.0b2"), (0x03000AA1, "3.0.10a1"), (0x040000C3, "4.0.0rc3"),
+    (0x03040051, "3.4.0?1"),  # an unknown release level is shown, not guessed
 ])
 def test_cython_version_from_its_hex_form(hex_version, text):
     from kernels import _table

@@ -336,6 +336,23 @@ def test_an_unexpected_save_error_does_not_hide_a_failed_log(fake_mnist, tmp_pat
     assert capsys.readouterr().err == f"pyops train: error: --log {log}: Permission denied\n"
 
 
+def test_ctrl_c_in_save_does_not_hide_a_failed_log(fake_mnist, tmp_path, monkeypatch, capsys):
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    def interrupted_save(self, path, **metadata):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "open", refuse, raising=False)
+    monkeypatch.setattr(cli.MLP, "save", interrupted_save)
+    log = tmp_path / "run.json"
+    code = cli.main(["train", "--epochs", "1", "--data", fake_mnist.path, "--quiet", "--log", str(log),
+                     "--save", str(tmp_path / "m.npz")])
+    assert code == 130
+    assert capsys.readouterr().err == (f"pyops train: error: --log {log}: Permission denied\n"
+                                       "\npyops train: interrupted\n")
+
+
 def test_ctrl_c_is_a_short_message_not_a_traceback(monkeypatch, capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -646,11 +646,12 @@ def test_a_hyperparameter_must_be_a_real_number(make, value):
     (lambda: Adam(np.zeros(2), betas=(-0.1, 0.9)), ValueError, r"^Adam: betas\[0\] must be finite and >= 0"),
     (lambda: Adam(np.zeros(2), betas={0.9: 1, 0.99: 2}), TypeError, r"^Adam: betas must be a pair"),
     (lambda: Adam(np.zeros(2), betas=np.array([0.9, 1.0])), ValueError, r"^Adam: betas\[1\] must be in \[0, 1\), got 1.0$"),
+    (lambda: Adam(np.zeros(2), betas=(0.9, 1)), ValueError, r"^Adam: betas\[1\] must be in \[0, 1\), got 1$"),
     (lambda: MLP(seed="a"), TypeError, r"^MLP: seed must be an integer >= 0 or None"),
     (lambda: MLP(seed=-1), ValueError, r"^MLP: seed must be an integer >= 0 or None"),
     (lambda: MLP(seed=True), TypeError, r"^MLP: seed must be an integer >= 0 or None"),
 ], ids=["sgd-momentum-str", "sgd-momentum-neg", "betas-str", "betas-three", "betas-scalar", "betas-none",
-        "betas-one", "betas-negative", "betas-dict", "betas-array-one", "seed-str", "seed-neg", "seed-bool"])
+        "betas-one", "betas-negative", "betas-dict", "betas-array-one", "betas-int-one", "seed-str", "seed-neg", "seed-bool"])
 def test_other_arguments_are_checked_and_named(make, error, message):
     with pytest.raises(error, match=message):
         make()
