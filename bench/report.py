@@ -259,19 +259,22 @@ COPY_TARGETS = {("relu", "forward"): 1.2, ("relu", "backward"): 1.2, ("log", "ba
 def paired_copy(res: Results) -> Dict[Tuple[str, str, str], Dict[str, Dict[str, Any]]]:
     """The ``-vs-copy`` groups (``bench/test_ops.py::test_kernel_vs_copy``): for each op,
     direction and dtype, per ``cython-Nt``: the kernel's and the copy's medians (ms) from the
-    same alternating rounds, and whether each is noisy."""
+    same alternating rounds, the median of the per-round ratio kernel / copy, and whether
+    each is noisy."""
     out: Dict[Tuple[str, str, str], Dict[str, Dict[str, Any]]] = {}
     for group, impls in res.median.items():
         if not group.endswith("-vs-copy"):
             continue
         for impl, t in impls.items():
             c = res.info[(group, impl)].get("copy") or {}
-            if not c.get("median"):
+            q = res.info[(group, impl)].get("ratio") or {}
+            if not (c.get("median") and q.get("median")):
                 continue
             op, direction, dtype = group[: -len("-vs-copy")].split("-")
             out.setdefault((op, direction, dtype), {})[impl] = dict(
-                cython=t, copy=1e3 * c["median"], cython_noisy=res.noisy(group, impl),
-                copy_noisy=c.get("iqr", 0) > NOISY * c["median"])
+                cython=t, copy=1e3 * c["median"], ratio=q["median"],
+                cython_noisy=res.noisy(group, impl), copy_noisy=c.get("iqr", 0) > NOISY * c["median"],
+                ratio_noisy=q.get("iqr", 0) > NOISY * q["median"])
     return out
 
 
@@ -287,10 +290,11 @@ def paired_table(res: Results) -> str:
             p = by_impl.get(i)
             cells += ([ms(p["cython"]) + (NOISY_MARK if p["cython_noisy"] else ""),
                        ms(p["copy"]) + (NOISY_MARK if p["copy_noisy"] else ""),
-                       f"{p['cython'] / p['copy']:.2f}"] if p else ["-", "-", "-"])
+                       f"{p['ratio']:.2f}x" + (NOISY_MARK if p["ratio_noisy"] else "")]
+                      if p else ["-", "-", "-"])
         rows.append([f"{OP_LABEL[op]} {direction}", dtype, *cells])
     header = ["op", "dtype"] + [f"{col} {i.split('-')[-1]}" for i in impls
-                                for col in ("cython", "copy", "cython / copy")]
+                                for col in ("cython", "copy", "cython / copy, per round")]
     return table(header, rows)
 
 
@@ -509,8 +513,11 @@ def environment(res: Results, second_session: bool = False) -> str:
 
 # --------------------------------------------------------------------------- target check
 def _times(q: float, limit: float) -> str:
-    """``q`` as ``1.12x``; with three decimals where two would read as ``limit`` itself."""
-    return f"{q:.3f}x" if f"{q:.2f}" == f"{limit:.2f}" and q != limit else f"{q:.2f}x"
+    """``q`` as ``1.12x``; with more decimals (up to 6) where fewer would read as ``limit`` itself."""
+    digits = 2
+    while q != limit and digits < 6 and f"{q:.{digits}f}" == f"{limit:.{digits}f}":
+        digits += 1
+    return f"{q:.{digits}f}x"
 
 
 def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
@@ -552,15 +559,15 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
         for (op, d), limit in COPY_TARGETS.items():
             x = r(op, d)
             pair = pairs.get((op, d, dtype), {})
-            # kernel and copy in alternating rounds, on as many threads: the same machine for
-            # both; the pair of res.cython, or (best) the pair of the faster kernel
+            # kernel and copy in alternating rounds, on as many threads: the median of the
+            # per-round ratios of res.cython's pair, or (best) the lowest of them
             chosen = list(pair.values()) if best else [pair[res.cython]] if res.cython in pair else []
             if chosen:
-                p = min(chosen, key=lambda p: p["cython"])
-                q = p["cython"] / p["copy"]
+                p = min(chosen, key=lambda p: p["ratio"])
+                q = p["ratio"]
                 add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
                     f"{_times(q, limit)} copy (alternating rounds)",
-                    {n for n in ("cython", "copy") if p[f"{n}_noisy"]}, "copy")
+                    {"cython", "copy"} if p["ratio_noisy"] else set(), "copy")
             elif x.get("cython") and x.get("copy"):
                 q = x["cython"] / x["copy"]
                 slow_copy = op == "relu" and q * COPY_BEATEN_BY_NOISE < 1
@@ -690,11 +697,13 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "",
             "relu, held by the targets to a copy of the bytes it moves, timed once more "
             "in rounds that alternate with that copy (`bench/test_ops.py::test_kernel_vs_copy`, "
-            f"{rounds} rounds, median ms). On a shared VM the memory bandwidth of two threads can "
-            "change within seconds, so the *copy limit* above, timed seconds away from the kernel, "
-            "may have met another machine; the target check uses this table. Each round here "
-            "follows the other's memory traffic, so neither finds its arrays in cache: these "
-            "times can be higher than those above.",
+            f"{rounds} rounds, median ms). Above, kernel and copy each repeat on data they have "
+            "just used, seconds apart, and between report runs the copy's two-thread time has "
+            "moved by 2x while the kernel's did not move with it. Here each round follows the "
+            "other's memory traffic, so both run under the same conditions (and can be slower "
+            "than above); *per round* is the median of each kernel round's time over the copy "
+            "just before it. The target check uses this column: for the default thread count "
+            f"(`{res.cython}`), or the lower of the two for *faster of 1t/all cores*.",
             "",
             paired_md,
             "",
