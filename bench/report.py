@@ -256,46 +256,61 @@ VARIANT_ORDER = ["baseline", "x86_64_v3", "x86_64_v4"]
 COPY_TARGETS = {("relu", "forward"): 1.2, ("relu", "backward"): 1.2, ("log", "backward"): 1.3}
 
 
-def paired_copy(res: Results) -> Dict[Tuple[str, str, str], Dict[str, Dict[str, Any]]]:
-    """The ``-vs-copy`` groups (``bench/test_ops.py::test_kernel_vs_copy``): for each op,
-    direction and dtype, per ``cython-Nt``: the kernel's and the copy's medians (ms) from the
-    same alternating rounds, the median of the per-round ratio kernel / copy, and whether
-    each is noisy."""
+PAIRED_SUFFIX = "-paired"
+PAIRED_OTHERS = ("copy", "tensorflow", "torch")
+
+
+def paired(res: Results) -> Dict[Tuple[str, str, str], Dict[str, Dict[str, Any]]]:
+    """The ``-paired`` groups (``bench/test_ops.py::test_kernel_paired``): for each op,
+    direction and dtype, per ``cython-Nt``: the kernel's median (ms) and, per other
+    implementation timed in the same alternating rounds, its median (ms) and the median of the
+    per-round ratio kernel / other, with whether each is noisy."""
     out: Dict[Tuple[str, str, str], Dict[str, Dict[str, Any]]] = {}
     for group, impls in res.median.items():
-        if not group.endswith("-vs-copy"):
+        if not group.endswith(PAIRED_SUFFIX):
             continue
+        op, direction, dtype = group[: -len(PAIRED_SUFFIX)].split("-")
         for impl, t in impls.items():
-            c = res.info[(group, impl)].get("copy") or {}
-            q = res.info[(group, impl)].get("ratio") or {}
-            if not (c.get("median") and q.get("median")):
-                continue
-            op, direction, dtype = group[: -len("-vs-copy")].split("-")
-            out.setdefault((op, direction, dtype), {})[impl] = dict(
-                cython=t, copy=1e3 * c["median"], ratio=q["median"],
-                cython_noisy=res.noisy(group, impl), copy_noisy=c.get("iqr", 0) > NOISY * c["median"],
-                ratio_noisy=q.get("iqr", 0) > NOISY * q["median"])
+            others = {}
+            for name, o in (res.info[(group, impl)].get("paired") or {}).items():
+                q = o.get("ratio") or {}
+                if o.get("median") and q.get("median"):
+                    others[name] = dict(ms=1e3 * o["median"], noisy=o.get("iqr", 0) > NOISY * o["median"],
+                                        ratio=q["median"], ratio_noisy=q.get("iqr", 0) > NOISY * q["median"])
+            if others:
+                out.setdefault((op, direction, dtype), {})[impl] = dict(
+                    cython=t, cython_noisy=res.noisy(group, impl), others=others)
     return out
 
 
+def paired_ratio(pairs: Dict[str, Dict[str, Any]], other: str, impl: str,
+                 best: bool) -> Optional[Dict[str, Any]]:
+    """The paired record of ``other`` for the check of ``impl`` (``cython-Nt``), or with
+    ``best`` the one with the lowest ratio over the thread counts; None if not timed."""
+    found = [p["others"][other] for i, p in pairs.items() if (best or i == impl) and other in p["others"]]
+    return min(found, key=lambda o: o["ratio"]) if found else None
+
+
 def paired_table(res: Results) -> str:
-    pairs = paired_copy(res)
+    pairs = paired(res)
     if not pairs:
         return ""
-    impls = res.threads("cython")
+    names = [n for n in PAIRED_OTHERS if any(n in p["others"] for by in pairs.values() for p in by.values())]
+    mark = lambda noisy: NOISY_MARK if noisy else ""  # noqa: E731
     rows = []
     for (op, direction, dtype), by_impl in pairs.items():
-        cells = []
-        for i in impls:
-            p = by_impl.get(i)
-            cells += ([ms(p["cython"]) + (NOISY_MARK if p["cython_noisy"] else ""),
-                       ms(p["copy"]) + (NOISY_MARK if p["copy_noisy"] else ""),
-                       f"{p['ratio']:.2f}x" + (NOISY_MARK if p["ratio_noisy"] else "")]
-                      if p else ["-", "-", "-"])
-        rows.append([f"{OP_LABEL[op]} {direction}", dtype, *cells])
-    header = ["op", "dtype"] + [f"{col} {i.split('-')[-1]}" for i in impls
-                                for col in ("cython", "copy", "cython / copy, per round")]
-    return table(header, rows)
+        for impl in res.threads("cython"):
+            p = by_impl.get(impl)
+            if p is None:
+                continue
+            o = p["others"]
+            rows.append([f"{OP_LABEL[op]} {direction}", dtype, impl.split("-")[-1],
+                         ms(p["cython"]) + mark(p["cython_noisy"]),
+                         *(ms(o[n]["ms"]) + mark(o[n]["noisy"]) if n in o else "-" for n in names),
+                         *(f"{o[n]['ratio']:.2f}x" + mark(o[n]["ratio_noisy"]) if n in o else "-"
+                           for n in names)])
+    header = ["op", "dtype", "threads", "cython", *names, *(f"cython / {n}, per round" for n in names)]
+    return table(header, rows, ["---", "---", "---"] + ["---:"] * (len(header) - 3))
 
 
 def variants_table(res: Results) -> str:
@@ -545,7 +560,7 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
 
         records = [best_of(r) for r in records]
     by = {(r["op"], r["direction"], r["dtype"]): r for r in records}
-    pairs = paired_copy(res)
+    pairs = paired(res)
 
     def add(name: str, ok: bool, detail: str, noisy: Set[str], other: str, suspect: bool = False) -> None:
         """One check of "cython <= k x other"; ``noisy`` names the noisy ones of the two times."""
@@ -558,12 +573,10 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
 
         for (op, d), limit in COPY_TARGETS.items():
             x = r(op, d)
-            pair = pairs.get((op, d, dtype), {})
             # kernel and copy in alternating rounds, on as many threads: the median of the
             # per-round ratios of res.cython's pair, or (best) the lowest of them
-            chosen = list(pair.values()) if best else [pair[res.cython]] if res.cython in pair else []
-            if chosen:
-                p = min(chosen, key=lambda p: p["ratio"])
+            p = paired_ratio(pairs.get((op, d, dtype), {}), "copy", res.cython, best)
+            if p:
                 q = p["ratio"]
                 add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
                     f"{_times(q, limit)} copy (alternating rounds)",
@@ -593,7 +606,12 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
                     continue
                 slack = 1.05 if (op, d) in MEMORY_BOUND else 1.0
                 for peer in ("best_numpy", "tensorflow", "torch"):
-                    if x.get(peer):
+                    p = paired_ratio(pairs.get((op, d, dtype), {}), peer, res.cython, best)
+                    if p:  # timed in alternating rounds with the kernel: their per-round ratio
+                        add(f"{op} {d} {dtype} faster than {peer}" + (" (5% slack)" if slack > 1 else ""),
+                            p["ratio"] <= slack, f"{1 / p['ratio']:.2f}x (alternating rounds)",
+                            {"cython", peer} if p["ratio_noisy"] else set(), peer)
+                    elif x.get(peer):
                         q = x[peer] / x["cython"]
                         add(f"{op} {d} {dtype} faster than {peer.replace('_', '-')}"
                             + (" (5% slack)" if slack > 1 else ""), x["cython"] <= slack * x[peer],
@@ -691,19 +709,21 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
     ]
     paired_md = paired_table(res)
     if paired_md:
-        rounds = min(n for g, r in res.rounds.items() if g.endswith("-vs-copy") for n in r.values())
+        rounds = min(n for g, r in res.rounds.items() if g.endswith(PAIRED_SUFFIX) for n in r.values())
         parts += [
-            "### relu against a copy, in alternating rounds",
+            "### relu against a copy and its peers, in alternating rounds",
             "",
-            "relu, held by the targets to a copy of the bytes it moves, timed once more "
-            "in rounds that alternate with that copy (`bench/test_ops.py::test_kernel_vs_copy`, "
-            f"{rounds} rounds, median ms). Above, kernel and copy each repeat on data they have "
-            "just used, seconds apart, and between report runs the copy's two-thread time has "
-            "moved by 2x while the kernel's did not move with it. Here each round follows the "
-            "other's memory traffic, so both run under the same conditions (and can be slower "
-            "than above); *per round* is the median of each kernel round's time over the copy "
-            "just before it. The target check uses this column: for the default thread count "
-            f"(`{res.cython}`), or the lower of the two for *faster of 1t/all cores*.",
+            "relu once more, in rounds in which the copy of its bytes, TensorFlow and PyTorch "
+            "(the copy and PyTorch on as many threads) each run once before the kernel "
+            f"(`bench/test_ops.py::test_kernel_paired`, {rounds} rounds, median ms). Above, each "
+            "implementation repeats on data it has just used, in its own rounds seconds apart, "
+            "and between report runs relu's medians there have moved by up to 2x, not all "
+            "together. Here every call follows another's memory traffic, so all run under the "
+            "same conditions (and can be slower than above); *per round* is the median over "
+            "rounds of the kernel's time divided by the other's in the same round. The target "
+            "checks of relu against the copy, TensorFlow and PyTorch use these ratios: of the "
+            f"default thread count (`{res.cython}`), or the lower of the two for *faster of "
+            "1t/all cores*.",
             "",
             paired_md,
             "",

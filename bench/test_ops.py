@@ -29,9 +29,9 @@ benchmark per implementation:
     (3 arrays: copy of 1.5x); the cross-entropy forward reads logits and labels and writes the
     softmax it keeps (1.5x).  No copy limit for matmul (it is compute-bound).
 
-``<op>-<direction>-<dtype>-vs-copy`` groups (:func:`test_kernel_vs_copy`)
-    relu, held by the report's targets to a copy of its bytes, once more in rounds that
-    alternate with that copy, so that both run under the same conditions.
+``<op>-<direction>-<dtype>-paired`` groups (:func:`test_kernel_paired`)
+    relu once more, in rounds that alternate with a copy of its bytes, TensorFlow and PyTorch,
+    so that the kernel and each of them run under the same conditions.
 
 After timing, each result is checked against a float64 numpy reference (correctness only;
 there are no timing asserts).  ``extra_info`` records op, direction, dtype, implementation,
@@ -66,10 +66,10 @@ ARRAYS_MOVED = {
     ("log", "forward"): 2, ("log", "backward"): 3,
     ("xent", "forward"): 3, ("xent", "backward"): 3,
 }
-#: The ops of the "within k x of a copy" targets whose arrays exceed the caches, timed once more
-#: in rounds alternating with the copy (log backward's (60000, 10) arrays stay in cache, and its
-#: 40-microsecond kernel would mostly time its threads waking up after the copy).
-PAIRED_WITH_COPY = (("relu", "forward"), ("relu", "backward"))
+#: The ops whose arrays exceed the caches, timed once more in rounds alternating with the copy
+#: and the peers (the (60000, 10) ops' arrays stay in cache, and their 40-microsecond kernels
+#: would mostly time their threads waking up after the others ran).
+PAIRED = (("relu", "forward"), ("relu", "backward"))
 PAIRED_ROUNDS = 200
 
 
@@ -568,26 +568,27 @@ def test_op(benchmark, request, use_threads, op, direction, dtype, impl):
     _check(case.result(result), want, dtype, f"{impl} {op} {direction} {dtype}")
 
 
-PAIRED_CASES = [(op, direction, dtype, t) for op, direction in PAIRED_WITH_COPY
+PAIRED_CASES = [(op, direction, dtype, t) for op, direction in PAIRED
                 for dtype in DTYPES for t in THREAD_COUNTS]
 
 
 @pytest.mark.parametrize("op,direction,dtype,threads", PAIRED_CASES,
                          ids=[f"{o}-{di}-{dt}-{t}t" for o, di, dt, t in PAIRED_CASES])
-def test_kernel_vs_copy(benchmark, request, use_threads, op, direction, dtype, threads):
-    """The cython kernel in rounds that alternate with a copy of the bytes it moves.
+def test_kernel_paired(benchmark, request, use_threads, op, direction, dtype, threads):
+    """The cython kernel in rounds that alternate with a copy of its bytes and with its peers.
 
-    The ``copy-limit`` benchmarks of :func:`test_op` repeat a copy seconds away from the
-    kernel's rounds, each on data it has just used, and between report runs their two-thread
-    time for relu's bytes has moved by 2x while the kernel's did not move with it: their ratio
-    compares two different conditions.  Here pytest-benchmark times the kernel, and before each
-    of its rounds (its untimed ``setup``) the copy runs on as many threads, timed with
-    ``time.perf_counter``: each round of either follows the other's memory traffic.
-    ``extra_info["copy"]`` holds the copy's median, IQR and min in seconds, and
-    ``extra_info["ratio"]`` the median and IQR of the per-round ratio kernel / copy (the round
-    against the copy just before it), which the report's target check uses.
+    :func:`test_op` times each implementation in its own rounds, seconds apart, each repeating
+    on data it has just used. For relu's (60000, 100) arrays that has given medians that moved
+    by 2x between report runs, and not together (the copy's two-thread time went from 0.89 to
+    1.73 ms while the kernel's stayed at 0.78), so a ratio of two of them can compare two
+    conditions.  Here pytest-benchmark times the kernel, and before each of its rounds (its
+    untimed ``setup``) the copy (on as many threads), TensorFlow and PyTorch (on as many
+    threads) run once each, timed with ``time.perf_counter``: every call follows another's
+    memory traffic.  ``extra_info["paired"][name]`` holds each one's median, IQR, min and
+    rounds (seconds) and the median and IQR of the per-round ratio kernel / it, which the
+    report's relu checks use.  A peer that is not installed is left out.
     """
-    benchmark.group = f"{op}-{direction}-{dtype}-vs-copy"
+    benchmark.group = f"{op}-{direction}-{dtype}-paired"
     d = data(op, dtype)
     use_threads("cython", threads)
     case = pyops_case("cython", op, direction, d)
@@ -597,46 +598,58 @@ def test_kernel_vs_copy(benchmark, request, use_threads, op, direction, dtype, t
     dst = buffer("copy-dst", src)
     copy = ParallelCopy(dst, src, threads)
     request.addfinalizer(copy.close)
-    copy_seconds: List[float] = []
+    others: Dict[str, Callable[[], Any]] = {"copy": copy}
+    for name, make in (("tensorflow", tensorflow_case), ("torch", torch_case)):
+        try:
+            lib = request.getfixturevalue("tf" if name == "tensorflow" else name)
+        except pytest.skip.Exception:
+            continue  # not installed: this comparison is left out
+        if name == "torch":
+            use_threads("torch", threads)
+        peer = make(lib, op, direction, d)
+        others[name] = lambda peer=peer: peer.fn(*peer.args, **peer.kwargs)
+    seconds: Dict[str, List[float]] = {name: [] for name in others}
 
-    def timed_copy() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        t0 = time.perf_counter()
-        copy()
-        copy_seconds.append(time.perf_counter() - t0)
+    def run_others() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+        for name, fn in others.items():
+            t0 = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - t0)
         return case.args, case.kwargs
 
-    if not benchmark.disabled:  # first touch and thread start-up outside the timing
-        copy()
+    if not benchmark.disabled:  # first touch, thread start-up and tracing outside the timing
+        run_others()
         case.fn(*case.args, **case.kwargs)
+        for times in seconds.values():
+            times.clear()
     warmup = 1
-    result = benchmark.pedantic(case.fn, setup=timed_copy, rounds=PAIRED_ROUNDS, warmup_rounds=warmup)
-    assert copy_seconds and np.array_equal(dst, src)
+    result = benchmark.pedantic(case.fn, setup=run_others, rounds=PAIRED_ROUNDS, warmup_rounds=warmup)
+    assert np.array_equal(dst, src)
     _check(case.result(result), d.forward if direction == "forward" else d.backward, dtype,
-           f"cython-{threads}t {op} {direction} {dtype}, paired with a copy")
+           f"cython-{threads}t {op} {direction} {dtype}, paired")
     benchmark.extra_info.update(
         op=op, direction=direction, dtype=dtype, impl=f"cython-{threads}t", family="cython",
         threads=threads, bytes_moved=ARRAYS_MOVED[(op, direction)] * d.size * np.dtype(dtype).itemsize)
     if benchmark.disabled:  # one untimed call: no rounds to pair
         return
     kernel_rounds = list(benchmark.stats.stats.data)  # the timed rounds, in order
-    copy_rounds = copy_seconds[warmup:warmup + len(kernel_rounds)]  # the copy before each
-    copy_stats, ratio_stats = paired_stats(kernel_rounds, copy_rounds)
-    benchmark.extra_info.update(
-        copy=dict(copy_stats, note=f"np.copyto of {n} elements, {threads} thread(s), before each round"),
-        ratio=ratio_stats)
+    benchmark.extra_info["paired"] = {
+        name: dict(paired_stats(kernel_rounds, times[warmup:warmup + len(kernel_rounds)]),
+                   note=f"{threads} thread(s)" + (f", np.copyto of {n} elements" if name == "copy" else ""))
+        for name, times in seconds.items()}
 
 
-def paired_stats(kernel_rounds: List[float], copy_rounds: List[float]) -> Tuple[Dict[str, float], Dict[str, float]]:
-    """Median, IQR, min and count of the copy's rounds, and median and IQR of the per-round
-    ratio kernel / copy, for rounds given in the order they ran (copy i just before kernel i)."""
-    if len(kernel_rounds) != len(copy_rounds) or not kernel_rounds:
-        raise ValueError(f"paired_stats: {len(kernel_rounds)} kernel rounds and {len(copy_rounds)} "
-                         "copy rounds; they must pair one to one")
-    c = np.asarray(copy_rounds, dtype=float)
+def paired_stats(kernel_rounds: List[float], other_rounds: List[float]) -> Dict[str, Any]:
+    """Median, IQR, min and count of the other's rounds (seconds), and the median and IQR of
+    the per-round ratio kernel / other, for rounds in the order they ran (other i with kernel i)."""
+    if len(kernel_rounds) != len(other_rounds) or not kernel_rounds:
+        raise ValueError(f"paired_stats: {len(kernel_rounds)} kernel rounds and {len(other_rounds)} "
+                         "rounds of the other; they must pair one to one")
+    c = np.asarray(other_rounds, dtype=float)
     r = np.asarray(kernel_rounds, dtype=float) / c
     (c1, cm, c3), (r1, rm, r3) = np.percentile(c, [25, 50, 75]), np.percentile(r, [25, 50, 75])
-    return (dict(median=float(cm), iqr=float(c3 - c1), min=float(c.min()), rounds=len(c)),
-            dict(median=float(rm), iqr=float(r3 - r1)))
+    return dict(median=float(cm), iqr=float(c3 - c1), min=float(c.min()), rounds=len(c),
+                ratio=dict(median=float(rm), iqr=float(r3 - r1)))
 
 
 def test_paired_stats_pair_each_round_with_its_own_copy():
@@ -644,8 +657,9 @@ def test_paired_stats_pair_each_round_with_its_own_copy():
     # different ones, a ratio of 0.5 that no round had; the rounds' own ratios say 0.95
     kernel = [1.0, 1.9, 1.0, 1.9, 1.0]
     copy = [2.0, 2.0, 1.0, 2.0, 1.0]
-    copy_stats, ratio = paired_stats(kernel, copy)
+    stats = paired_stats(kernel, copy)
+    ratio = stats.pop("ratio")
     assert ratio["median"] == pytest.approx(0.95) and ratio["iqr"] == pytest.approx(0.05)
-    assert copy_stats == {"median": 2.0, "iqr": 1.0, "min": 1.0, "rounds": 5}
+    assert stats == {"median": 2.0, "iqr": 1.0, "min": 1.0, "rounds": 5}
     with pytest.raises(ValueError, match="must pair one to one"):
         paired_stats(kernel, copy[:-1])
