@@ -285,10 +285,12 @@ def paired(res: Results) -> Dict[Tuple[str, str, str], Dict[str, Dict[str, Any]]
 
 def paired_ratio(pairs: Dict[str, Dict[str, Any]], other: str, impl: str,
                  best: bool) -> Optional[Dict[str, Any]]:
-    """The paired record of ``other`` for the check of ``impl`` (``cython-Nt``), or with
-    ``best`` the one with the lowest ratio over the thread counts; None if not timed."""
-    found = [p["others"][other] for i, p in pairs.items() if (best or i == impl) and other in p["others"]]
-    return min(found, key=lambda o: o["ratio"]) if found else None
+    """The paired record of ``other`` in the rounds of ``impl`` (``cython-Nt``), or with
+    ``best`` in the rounds of the faster kernel; None if not timed there."""
+    if best and pairs:
+        impl = min(pairs, key=lambda i: pairs[i]["cython"])
+    p = pairs.get(impl)
+    return p["others"].get(other) if p else None
 
 
 def paired_table(res: Results) -> str:
@@ -548,6 +550,9 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
     alike; and for a relu copy check whose copy ran slower than the kernel
     (:data:`COPY_BEATEN_BY_NOISE`).  A time that is the faster of 1 thread and all cores
     (torch, the copy, cython in ``best`` mode) counts as noisy by :meth:`Results.noisy_best`.
+    relu's checks against the copy, TensorFlow and PyTorch use the per-round ratios of the
+    alternating rounds where they exist (:func:`paired`): unclear if those ratios spread, and
+    for the copy also if the kernel beat it by more than :data:`COPY_BEATEN_BY_NOISE`.
     ``estimate`` (dtype -> (ratio, noisy), from :func:`parts_table`) adds the step-to-GEMMs
     ratio estimated from parts: shown, never a verdict (always unclear).
     """
@@ -578,9 +583,13 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
             p = paired_ratio(pairs.get((op, d, dtype), {}), "copy", res.cython, best)
             if p:
                 q = p["ratio"]
+                # a kernel that moves the copy's bytes cannot beat it by much (see
+                # COPY_BEATEN_BY_NOISE): if it does, the copy's rounds are suspect
+                beaten = q * COPY_BEATEN_BY_NOISE < 1
                 add(f"{op} {d} {dtype} within {limit}x of copy", q <= limit,
-                    f"{_times(q, limit)} copy (alternating rounds)",
-                    {"cython", "copy"} if p["ratio_noisy"] else set(), "copy")
+                    f"{_times(q, limit)} copy (alternating rounds"
+                    + ("; copy slower than the kernel: suspect)" if beaten else ")"),
+                    {"cython", "copy"} if p["ratio_noisy"] else set(), "copy", suspect=beaten)
             elif x.get("cython") and x.get("copy"):
                 q = x["cython"] / x["copy"]
                 slow_copy = op == "relu" and q * COPY_BEATEN_BY_NOISE < 1
@@ -717,13 +726,14 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "(the copy and PyTorch on as many threads) each run once before the kernel "
             f"(`bench/test_ops.py::test_kernel_paired`, {rounds} rounds, median ms). Above, each "
             "implementation repeats on data it has just used, in its own rounds seconds apart, "
-            "and between report runs relu's medians there have moved by up to 2x, not all "
+            "and between report runs relu's medians there have moved by more than 2x, not all "
             "together. Here every call follows another's memory traffic, so all run under the "
-            "same conditions (and can be slower than above); *per round* is the median over "
-            "rounds of the kernel's time divided by the other's in the same round. The target "
-            "checks of relu against the copy, TensorFlow and PyTorch use these ratios: of the "
-            f"default thread count (`{res.cython}`), or the lower of the two for *faster of "
-            "1t/all cores*.",
+            "same conditions (and can be slower than above); the order of the others rotates "
+            "from round to round. *per round* is the median over rounds of the kernel's time "
+            "divided by the other's in the same round. The target checks of relu against the "
+            "copy, TensorFlow and PyTorch use these ratios: in the rounds of the default thread "
+            f"count (`{res.cython}`; the copy and PyTorch on as many threads, TensorFlow on its "
+            "own), or of the faster kernel for *faster of 1t/all cores*.",
             "",
             paired_md,
             "",

@@ -405,12 +405,13 @@ def tensorflow_case(tf: Any, op: str, direction: str, d: Data) -> Case:
     raise ValueError(op)
 
 
-def torch_case(torch: Any, op: str, direction: str, d: Data) -> Case:
-    """PyTorch's CPU kernels with ``out=``; the cross-entropy backward via autograd."""
+def torch_case(torch: Any, op: str, direction: str, d: Data, out_name: str = "out") -> Case:
+    """PyTorch's CPU kernels with ``out=`` (into ``buffer(out_name)``); the cross-entropy
+    backward via autograd."""
     T = {k: torch.from_numpy(v) for k, v in d.inputs.items()}
     x, g = T["x"], T["g"]
     aten = torch.ops.aten
-    out = torch.from_numpy(buffer("out", d.inputs["x"]))
+    out = torch.from_numpy(buffer(out_name, d.inputs["x"]))
     numpy_result = lambda r: r.numpy()  # noqa: E731
     if op == "relu":
         if direction == "forward":
@@ -582,11 +583,13 @@ def test_kernel_paired(benchmark, request, use_threads, op, direction, dtype, th
     by 2x between report runs, and not together (the copy's two-thread time went from 0.89 to
     1.73 ms while the kernel's stayed at 0.78), so a ratio of two of them can compare two
     conditions.  Here pytest-benchmark times the kernel, and before each of its rounds (its
-    untimed ``setup``) the copy (on as many threads), TensorFlow and PyTorch (on as many
-    threads) run once each, timed with ``time.perf_counter``: every call follows another's
-    memory traffic.  ``extra_info["paired"][name]`` holds each one's median, IQR, min and
-    rounds (seconds) and the median and IQR of the per-round ratio kernel / it, which the
-    report's relu checks use.  A peer that is not installed is left out.
+    untimed ``setup``) the copy (on as many threads), TensorFlow (on its own default threads)
+    and PyTorch (on as many threads) run once each, timed with ``time.perf_counter``, in an
+    order that rotates from round to round, so that no one always follows the same other.
+    ``extra_info["paired"][name]`` holds each one's median, IQR, min and rounds (seconds) and
+    the median and IQR of the per-round ratio kernel / it (:func:`pair_rounds`), which the
+    report's relu checks use.  A peer that is not installed is left out.  Each writes its own
+    output buffer, so the final check is of the kernel's result.
     """
     benchmark.group = f"{op}-{direction}-{dtype}-paired"
     d = data(op, dtype)
@@ -599,21 +602,28 @@ def test_kernel_paired(benchmark, request, use_threads, op, direction, dtype, th
     copy = ParallelCopy(dst, src, threads)
     request.addfinalizer(copy.close)
     others: Dict[str, Callable[[], Any]] = {"copy": copy}
-    for name, make in (("tensorflow", tensorflow_case), ("torch", torch_case)):
+    notes = {"copy": f"np.copyto of {n} elements, {threads} thread(s)"}
+    for name in ("tensorflow", "torch"):
         try:
             lib = request.getfixturevalue("tf" if name == "tensorflow" else name)
         except pytest.skip.Exception:
             continue  # not installed: this comparison is left out
         if name == "torch":
             use_threads("torch", threads)
-        peer = make(lib, op, direction, d)
+            peer = torch_case(lib, op, direction, d, out_name="torch-out")
+            notes[name] = f"{threads} thread(s)"
+        else:
+            peer = tensorflow_case(lib, op, direction, d)  # a new output tensor per call
+            notes[name] = "TensorFlow's default intra-op threads"
         others[name] = lambda peer=peer: peer.fn(*peer.args, **peer.kwargs)
-    seconds: Dict[str, List[float]] = {name: [] for name in others}
+    names = list(others)
+    seconds: Dict[str, List[float]] = {name: [] for name in names}
 
     def run_others() -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-        for name, fn in others.items():
+        start = len(seconds[names[0]]) % len(names)  # rotate: round i starts with names[i % k]
+        for name in names[start:] + names[:start]:
             t0 = time.perf_counter()
-            fn()
+            others[name]()
             seconds[name].append(time.perf_counter() - t0)
         return case.args, case.kwargs
 
@@ -632,11 +642,16 @@ def test_kernel_paired(benchmark, request, use_threads, op, direction, dtype, th
         threads=threads, bytes_moved=ARRAYS_MOVED[(op, direction)] * d.size * np.dtype(dtype).itemsize)
     if benchmark.disabled:  # one untimed call: no rounds to pair
         return
-    kernel_rounds = list(benchmark.stats.stats.data)  # the timed rounds, in order
-    benchmark.extra_info["paired"] = {
-        name: dict(paired_stats(kernel_rounds, times[warmup:warmup + len(kernel_rounds)]),
-                   note=f"{threads} thread(s)" + (f", np.copyto of {n} elements" if name == "copy" else ""))
-        for name, times in seconds.items()}
+    paired = pair_rounds(list(benchmark.stats.stats.data), seconds, warmup)
+    benchmark.extra_info["paired"] = {name: dict(p, note=notes[name]) for name, p in paired.items()}
+
+
+def pair_rounds(kernel_rounds: List[float], seconds: Dict[str, List[float]],
+                warmup: int) -> Dict[str, Dict[str, Any]]:
+    """:func:`paired_stats` of each other implementation: its calls after the ``warmup``
+    rounds' are the ones before the kernel's timed rounds, one each, in order."""
+    return {name: paired_stats(kernel_rounds, times[warmup:warmup + len(kernel_rounds)])
+            for name, times in seconds.items()}
 
 
 def paired_stats(kernel_rounds: List[float], other_rounds: List[float]) -> Dict[str, Any]:
@@ -663,3 +678,12 @@ def test_paired_stats_pair_each_round_with_its_own_copy():
     assert stats == {"median": 2.0, "iqr": 1.0, "min": 1.0, "rounds": 5}
     with pytest.raises(ValueError, match="must pair one to one"):
         paired_stats(kernel, copy[:-1])
+
+
+def test_pair_rounds_drops_the_warmup_and_aligns_each_round():
+    # the warm-up round's call (9.0) is not paired; call i + warmup goes with kernel round i
+    kernel = [1.0, 2.0, 3.0]
+    got = pair_rounds(kernel, {"copy": [9.0, 2.0, 4.0, 6.0], "torch": [9.0, 1.0, 2.0, 3.0, 7.0]}, warmup=1)
+    assert got["copy"]["ratio"]["median"] == pytest.approx(0.5) and got["copy"]["rounds"] == 3
+    assert got["torch"]["ratio"] == {"median": pytest.approx(1.0), "iqr": pytest.approx(0.0)}
+    assert got["torch"]["median"] == 2.0  # 7.0, a call after the last round, is not counted

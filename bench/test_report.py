@@ -206,14 +206,17 @@ def test_copy_targets_use_the_per_round_ratio_of_the_alternating_rounds():
     assert _copy_check(unpaired) == ("1.78x copy", False)
     paired = [_paired("cython-1t", 2.0, 1.9, 1.05), _paired("cython-2t", 1.0, 2.0, 0.93)]
     assert _copy_check(unpaired + paired) == ("0.93x copy (alternating rounds)", True)
-    # best mode: the lower ratio of the thread counts
-    paired = [_paired("cython-1t", 1.5, 1.0, 1.25), _paired("cython-2t", 1.6, 1.7, 1.3)]
-    assert _copy_check(paired) == ("1.30x copy (alternating rounds)", False)
+    # best mode: the rounds of the faster kernel (1t here), not the lower ratio (2t's 1.21)
+    paired = [_paired("cython-1t", 1.5, 1.2, 1.25), _paired("cython-2t", 1.6, 1.3, 1.21)]
+    assert _copy_check(paired) == ("1.21x copy (alternating rounds)", False)
     assert _copy_check(paired, best=True) == ("1.25x copy (alternating rounds)", False)
     # no pair of the default thread count: the separate copy benchmark decides
     assert _copy_check(unpaired + [_paired("cython-1t", 2.0, 1.9, 1.05)]) == ("1.78x copy", False)
     # spread per-round ratios make either verdict unclear
-    assert _copy_check([_paired("cython-2t", 1.0, 1.1, 0.9, ratio_iqr=0.5)]) == ("0.90x copy (alternating rounds)", None)
+    assert _copy_check([_paired("cython-2t", 1.0, 1.1, 0.95, ratio_iqr=0.5)]) == ("0.95x copy (alternating rounds)", None)
+    # a kernel more than 10% faster than a copy of its bytes: the copy's rounds are suspect
+    assert _copy_check([_paired("cython-2t", 1.0, 1.25, 0.8)]) == \
+        ("0.80x copy (alternating rounds; copy slower than the kernel: suspect)", None)
     assert _copy_check([_paired("cython-2t", 2.0, 1.0, 2.0, ratio_iqr=1.0)]) == ("2.00x copy (alternating rounds)", None)
     assert _copy_check([_paired("cython-2t", 2.0, 1.0, 1.9)]) == ("1.90x copy (alternating rounds)", False)
 
@@ -231,6 +234,11 @@ def test_peer_targets_of_relu_use_the_alternating_rounds_when_there():
     assert checks["relu forward float64 faster than tensorflow (5% slack)"] == ("1.25x (alternating rounds)", True)
     assert _checks(unpaired + [_paired("cython-2t", 2.0, 2.0, 1.0, torch=(1.8, 1.1))])[name] == \
         ("0.91x (alternating rounds)", False)
+    # best mode: torch in the rounds of the faster kernel (1t: 0.83x), not the better ratio
+    both = [_paired("cython-1t", 1.8, 2.0, 0.9, torch=(1.5, 1.2)), _paired("cython-2t", 1.9, 2.0, 0.95, torch=(2.1, 0.9))]
+    both += unpaired  # the op row the checks hang on
+    assert _checks(both)[name] == ("1.11x (alternating rounds)", True)
+    assert _checks(both, best=True)[name] == ("0.83x (alternating rounds)", False)
     md = report.paired_table(report.Results({"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": paired}))
     assert "| op | dtype | threads | cython | copy | tensorflow | torch | cython / copy, per round |" in md, md
     assert "| relu forward | float64 | 2t | 1.90 | 2.00 | 2.50 | 1.94 | 0.95x | 0.80x | 0.98x |" in md, md
