@@ -634,7 +634,7 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
         cy_noisy = res.noisy_best(group, res.threads("cython")) if best else res.noisy(group, cy_impl)
         noisy = {i for i in ("tensorflow", "gemm-floor") if res.noisy(group, i)} | ({"cython"} if cy_noisy else set())
         if cy and tf_t:
-            add(f"train step {dtype} no slower than TF tf.function", cy <= tf_t, f"{tf_t / cy:.2f}x",
+            add(f"train step {dtype} no slower than TF tf.function", cy <= tf_t, _times(tf_t / cy, 1.0),
                 noisy, "tensorflow")
         if cy and floor:
             add(f"train step {dtype} at most 1.15x its two GEMMs", cy <= 1.15 * floor, f"{_times(cy / floor, 1.15)} floor",
