@@ -579,7 +579,7 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
         for (op, d), limit in COPY_TARGETS.items():
             x = r(op, d)
             # kernel and copy in alternating rounds, on as many threads: the median of the
-            # per-round ratios of res.cython's pair, or (best) the lowest of them
+            # per-round ratios in res.cython's rounds, or (best) in the faster kernel's
             p = paired_ratio(pairs.get((op, d, dtype), {}), "copy", res.cython, best)
             if p:
                 q = p["ratio"]

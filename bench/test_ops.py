@@ -472,6 +472,8 @@ class ParallelCopy:
     """``np.copyto`` split into one contiguous chunk per thread (numpy releases the GIL)."""
 
     def __init__(self, dst: np.ndarray, src: np.ndarray, threads: int) -> None:
+        self.dst, self.src = dst, src
+        self.note = f"np.copyto of {src.size} elements, {threads} thread(s)"
         bounds = np.linspace(0, src.size, threads + 1).astype(int)
         flat_d, flat_s = dst.reshape(-1), src.reshape(-1)
         self.chunks = [(flat_d[a:b], flat_s[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -486,6 +488,17 @@ class ParallelCopy:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
+
+
+def copy_of_op_bytes(request: Any, d: Data, op: str, direction: str, threads: int) -> ParallelCopy:
+    """A copy of as many bytes as ``op`` reads plus writes (``ARRAYS_MOVED``: a copy reads n and
+    writes n elements, n = moved/2 times the op's array) on ``threads``, between the shared
+    ``copy-src``/``copy-dst`` buffers; its threads are shut down when the test ends."""
+    n = d.size * ARRAYS_MOVED[(op, direction)] // 2
+    src = buffer("copy-src", d.inputs["x"], (n,))
+    copy = ParallelCopy(buffer("copy-dst", src), src, threads)
+    request.addfinalizer(copy.close)
+    return copy
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -522,19 +535,13 @@ def test_op(benchmark, request, use_threads, op, direction, dtype, impl):
     )
 
     if family.startswith("copy-limit"):
-        # a copy reads n and writes n elements: n = moved/2 times the op's array
-        n = d.size * moved // 2
-        src = buffer("copy-src", d.inputs["x"], (n,))
-        src.fill(1)
-        dst = buffer("copy-dst", src)
-        copy = ParallelCopy(dst, src, threads)
-        request.addfinalizer(copy.close)
-        note = f"np.copyto of {n} elements, {threads} thread(s)"
+        copy = copy_of_op_bytes(request, d, op, direction, threads)
+        copy.src.fill(1)
         if not benchmark.disabled:
             copy()  # touch dst's pages and start the threads outside the timing
-        benchmark.extra_info.update(threads=threads, note=note)
+        benchmark.extra_info.update(threads=threads, note=copy.note)
         benchmark(copy)
-        assert np.array_equal(dst, src)
+        assert np.array_equal(copy.dst, copy.src)
         return
 
     # numpy's ufuncs run on one thread; matmul runs on numpy's BLAS threads (None here)
@@ -595,14 +602,10 @@ def test_kernel_paired(benchmark, request, use_threads, op, direction, dtype, th
     d = data(op, dtype)
     use_threads("cython", threads)
     case = pyops_case("cython", op, direction, d)
-    n = d.size * ARRAYS_MOVED[(op, direction)] // 2
-    src = buffer("copy-src", d.inputs["x"], (n,))
-    src[...] = np.resize(d.inputs["x"].reshape(-1), n)  # the op's own values
-    dst = buffer("copy-dst", src)
-    copy = ParallelCopy(dst, src, threads)
-    request.addfinalizer(copy.close)
+    copy = copy_of_op_bytes(request, d, op, direction, threads)
+    copy.src[...] = np.resize(d.inputs["x"].reshape(-1), copy.src.size)  # the op's own values
     others: Dict[str, Callable[[], Any]] = {"copy": copy}
-    notes = {"copy": f"np.copyto of {n} elements, {threads} thread(s)"}
+    notes = {"copy": copy.note}
     for name in ("tensorflow", "torch"):
         try:
             lib = request.getfixturevalue("tf" if name == "tensorflow" else name)
@@ -634,7 +637,7 @@ def test_kernel_paired(benchmark, request, use_threads, op, direction, dtype, th
             times.clear()
     warmup = 1
     result = benchmark.pedantic(case.fn, setup=run_others, rounds=PAIRED_ROUNDS, warmup_rounds=warmup)
-    assert np.array_equal(dst, src)
+    assert np.array_equal(copy.dst, copy.src)
     _check(case.result(result), d.forward if direction == "forward" else d.backward, dtype,
            f"cython-{threads}t {op} {direction} {dtype}, paired")
     benchmark.extra_info.update(
