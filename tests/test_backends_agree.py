@@ -264,3 +264,75 @@ def test_a_zero_loss_is_positive_zero_on_both_backends(ops, dtype):
     """A masked (-inf) logit beside the labelled one: the loss is exactly 0, and +0.0, not -0.0."""
     loss = ops.SoftmaxCrossEntropy().forward(np.array([[-np.inf, 1.0]], dtype), np.array([1]))
     assert loss == 0 and np.copysign(1.0, loss) == 1.0
+
+
+# Logits this far below their row's max, around where exp leaves the normal numbers:
+# log(FLT_MIN) = -87.34 and log(DBL_MIN) = -708.40.
+FAR_OFFSETS = [0.0, -1.0, -80.0, -87.0, -87.33, -87.34, -90.0, -104.0, -200.0,
+               -708.0, -708.39, -708.4, -800.0, -np.inf]
+
+
+def far_apart_logits(dtype, every=1):
+    """6001 rows (threaded), each rolled and shifted: FAR_OFFSETS on every ``every``-th row,
+    logits 0 to -5 on the others (blocks of rows with and without far-apart logits)."""
+    far, near = np.array(FAR_OFFSETS), np.linspace(0.0, -5.0, len(FAR_OFFSETS))
+    rows = [np.roll(far if r % every == 0 else near, r) + r % 7 for r in range(6001)]
+    return np.array(rows).astype(dtype)
+
+
+def exact_softmax(x):
+    """Softmax in np.longdouble (float64 inputs too: -800 does not underflow there on x86)."""
+    z = x.astype(np.longdouble)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def assert_softmax_close(got, x, flushed):
+    """Within the dtype's rtol, or below an absolute 1.01 * its smallest normal number; with
+    ``flushed`` (the compiled kernels), exactly 0 where a logit is more than 87.34 (float32) /
+    708.40 (float64) below its row's max: no subnormal probabilities."""
+    tiny = np.finfo(x.dtype).tiny
+    want = exact_softmax(x)
+    err = np.abs(got.astype(np.longdouble) - want)
+    bound = np.maximum(TOL[x.dtype.type]["rtol"] * want, 1.01 * tiny)
+    assert np.all(err <= bound), float(np.max(err / bound))
+    if flushed:
+        shifted = x - x.max(axis=1, keepdims=True)
+        assert np.all(got[shifted < np.log(tiny)] == 0)
+
+
+@pytest.mark.parametrize("every", [1, 150], ids=["every-row", "some-rows"])
+@pytest.mark.parametrize("variant", built_runnable_variants())
+def test_softmax_of_logits_far_apart_in_every_variant(variant, every, dtype):
+    """exp lanes that would leave the normal numbers give 0 (the kernels' clamp, which keeps
+    libmvec off its scalar slow path); every other probability keeps full precision."""
+    mod = _dispatch.load_variant(variant)
+    x = far_apart_logits(dtype, every)
+    s = np.empty_like(x)
+    mod.softmax_forward(x, s)
+    assert_softmax_close(s, x, flushed=True)
+    labels = np.eye(x.shape[1], dtype=dtype)[np.arange(x.shape[0]) % x.shape[1]]
+    s2 = np.empty_like(x)
+    loss = mod.softmax_cross_entropy(x, labels, s2)
+    np.testing.assert_array_equal(s2, s)
+    shifted = (x - x.max(axis=1, keepdims=True)).astype(np.float64)
+    want = -np.sum(labels * np.where(labels > 0, shifted, 0.0)) + np.sum(
+        np.log(np.sum(np.exp(shifted), axis=1)))
+    assert loss == pytest.approx(want, rel=1e-6 if dtype == np.float32 else 1e-12)
+
+
+def test_softmax_of_logits_far_apart_on_both_backends(ops, dtype):
+    x = far_apart_logits(dtype)
+    assert_softmax_close(ops.Softmax().forward(x), x, flushed=ops.backend == "cython")
+
+
+@pytest.mark.parametrize("variant", built_runnable_variants())
+def test_softmax_keeps_nan_in_every_variant(variant, dtype):
+    """A NaN logit makes its row NaN, even beside logits the exp clamp zeroes (NaN * 0)."""
+    mod = _dispatch.load_variant(variant)
+    x = np.zeros((2, 4), dtype)
+    x[0] = [np.nan, 0.0, -np.inf, -1000.0]
+    x[1] = [0.0, -1000.0, -np.inf, np.nan]
+    s = np.empty_like(x)
+    mod.softmax_forward(x, s)
+    assert np.all(np.isnan(s))
