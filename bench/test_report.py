@@ -248,3 +248,25 @@ def test_a_ratio_that_rounds_to_its_limit_shows_more_decimals():
     assert report._times(1.152, 1.15) == "1.152x" and report._times(1.148, 1.15) == "1.148x"
     assert report._times(1.1504, 1.15) == "1.1504x" and report._times(1.1496, 1.15) == "1.1496x"
     assert report._times(1.15, 1.15) == "1.15x" and report._times(1.16, 1.15) == "1.16x"
+
+
+def test_far_apart_softmax_is_set_beside_the_usual_logits():
+    doc = {"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": [
+        _record("softmax-far-forward-float32", "cython-2t", 0.0003),
+        _record("softmax-forward-float32", "cython-2t", 0.0002),
+        _record("softmax-far-forward-float32", "numpy", 0.004),
+        _record("softmax-forward-float32", "numpy", 0.001),
+        _record("softmax-far-forward-float64", "numpy", 0.0036),  # no usual-logits time
+    ]}
+    noisy = _record("softmax-far-forward-float32", "tensorflow", 0.0005)
+    noisy["stats"]["iqr"] = 0.0004
+    doc["benchmarks"] += [noisy, _record("softmax-forward-float32", "tensorflow", 0.0005)]
+    md = report.far_table(report.Results(doc))
+    lines = md.splitlines()
+    assert lines[0] == ("| implementation | float64 ms | float64 / usual logits | float32 ms "
+                        "| float32 / usual logits |"), md
+    assert "| `numpy` | 3.60 | - | 4.00 | 4.00x |" in lines, md
+    assert "| `cython-2t` | - | - | 0.300 | 1.50x |" in lines, md
+    assert f"| `tensorflow` | - | - | 0.500{report.NOISY_MARK} | 1.00x{report.NOISY_MARK} |" in lines, md
+    assert not any("cython-1t" in line or "torch" in line for line in lines), md  # not measured
+    assert report.far_table(report.Results({"machine_info": {}, "benchmarks": []})) == ""
