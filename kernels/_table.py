@@ -6,9 +6,11 @@ flat (elementwise ops) or (N, c) C-contiguous views.  The op classes in
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 
-from pyops._checks import count_correct_inputs, warn_log_domain
+from pyops._checks import count_correct_inputs, relu_matmul_inputs, warn_log_domain
 
 from ._dispatch import load
 
@@ -61,6 +63,41 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
     # no op class in front of this one: check here what the unchecked loop relies on
     return _k.count_correct(*count_correct_inputs("count_correct", scores, labels))
+
+
+#: dh of at least this many bytes is written past the caches (non-temporal stores): beyond the
+#: last-level cache it goes to memory anyway, and the GEMM that reads it next streams it back.
+STREAM_MIN_BYTES = 8 << 20
+
+
+def relu_matmul_backward(g: np.ndarray, h: np.ndarray, W: np.ndarray, out_dh: np.ndarray,
+                         out_dW: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """As :func:`pyops._numpy_kernels.relu_matmul_backward`, in one pass over the rows."""
+    relu_matmul_inputs("relu_matmul_backward", g, h, W, out_dh, out_dW)
+    if not _k.RELU_MATMUL_FUSED:  # this build's one-pass kernel is slower: three passes
+        np.matmul(g, W.T, out=out_dh)
+        relu_backward(h, out_dh, out_dh)
+        np.matmul(h.T, g, out=out_dW)
+        return out_dh, out_dW
+    return _relu_matmul_backward_on(_k, g, h, W, out_dh, out_dW)
+
+
+def _relu_matmul_backward_on(module, g, h, W, out_dh, out_dW):
+    """:func:`relu_matmul_backward` on a given compiled ``module`` (a CPU variant), unchecked."""
+    (n, c), k = g.shape, W.shape[0]
+    lanes = module.RELU_MATMUL_LANES[g.dtype.name]
+    kp = -(-k // lanes) * lanes
+    wt = np.zeros((c, kp), g.dtype)
+    wt[:, :k] = W.T
+    # per thread: its part of g^T @ h (c, kp), a block sum (c, kp), 4 rows of dh + lanes
+    work = np.zeros((module.get_num_threads(), 2 * c * kp + 4 * k + lanes), g.dtype)
+    module.relu_matmul_backward(g, h, wt, out_dh, work, out_dh.nbytes >= STREAM_MIN_BYTES)
+    # thread parts added in thread order: a given thread count gives the same sum every call
+    total = work[0, :c * kp].copy()
+    for part in work[1:, :c * kp]:
+        total += part
+    out_dW[...] = total.reshape(c, kp)[:, :k].T
+    return out_dh, out_dW
 
 
 def adam_workspace(p: np.ndarray) -> None:

@@ -111,6 +111,30 @@ def count_correct_inputs(where: str, scores: Any, labels: Any) -> Tuple[np.ndarr
     return np.ascontiguousarray(s, dtype), np.ascontiguousarray(lab, dtype)
 
 
+def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: Any) -> None:
+    """Check the arrays of a ``relu_matmul_backward``: ``g`` (N, c), ``h`` (N, k) and ``W``
+    (k, c) C-contiguous ndarrays of one float dtype (float32 or float64); ``out_dh`` (N, k)
+    and ``out_dW`` (k, c) writeable, C-contiguous, of that dtype, sharing no memory with the
+    inputs or each other (the loop reads every input after it began writing)."""
+    arrays = {"g": g, "h": h, "W": W}
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.ndim != 2:
+            raise ValueError(f"{where}: {name} must be a 2-D numpy.ndarray, got "
+                             f"{getattr(a, 'shape', type(a).__name__)}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{where}: {name} must be C-contiguous")
+    dtype = g.dtype
+    if dtype not in (np.float32, np.float64) or h.dtype != dtype or W.dtype != dtype:
+        raise TypeError(f"{where}: g, h and W must have one dtype, float32 or float64; got "
+                        f"{g.dtype}, {h.dtype}, {W.dtype}")
+    (n, c), k = g.shape, W.shape[0]
+    if h.shape[0] != n or W.shape[1] != c or h.shape[1] != k:
+        raise ValueError(f"{where}: shapes must be g (N, c), h (N, k), W (k, c); got "
+                         f"g {g.shape}, h {h.shape}, W {W.shape}")
+    check_out(where, out_dh, (n, k), dtype, name="out_dh", kept=arrays)
+    check_out(where, out_dW, (k, c), dtype, name="out_dW", kept={**arrays, "out_dh": out_dh})
+
+
 def check_out(
     where: str,
     out: Optional[np.ndarray],

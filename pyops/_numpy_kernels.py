@@ -11,7 +11,7 @@ from typing import Callable, Tuple, TypeVar
 
 import numpy as np
 
-from ._checks import count_correct_inputs, warn_log_domain
+from ._checks import count_correct_inputs, relu_matmul_inputs, warn_log_domain
 
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
 
@@ -125,6 +125,20 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
     np.subtract(s, y, out=out)
     out *= s.dtype.type(scale)
     return out
+
+
+@_ieee
+def relu_matmul_backward(g: np.ndarray, h: np.ndarray, W: np.ndarray, out_dh: np.ndarray,
+                         out_dW: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The backward pass of ``y = relu(x) @ W`` for ``h = relu(x)``: ``out_dh = (g @ W.T) *
+    (h > 0)`` (the gradient at ``x``; ``h > 0`` exactly where ``x > 0``) and ``out_dW = h.T @
+    g``.  What ``Matmul.backward`` then ``Relu.backward`` compute, with no op class in front
+    (:meth:`pyops.MLP.backward` calls it): the arguments are checked here."""
+    relu_matmul_inputs("relu_matmul_backward", g, h, W, out_dh, out_dW)
+    np.matmul(g, W.T, out=out_dh)
+    relu_backward(h, out_dh, out_dh)
+    np.matmul(h.T, g, out=out_dW)
+    return out_dh, out_dW
 
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:

@@ -160,7 +160,7 @@ class _Buffers:
         self.h1 = np.empty((n, n_hidden), dtype)
         self.h1_relu = np.empty((n, n_hidden), dtype)
         self.h2 = np.empty((n, n_out), dtype)
-        self.grad_hidden = np.empty((n, n_hidden), dtype)  # h2_grad, then h1_relu_grad in place
+        self.grad_hidden = np.empty((n, n_hidden), dtype)  # h1_relu_grad (= h2_grad)
         self.grad_logits = np.empty((n, n_out), dtype)      # h2_soft_grad
         self._notebook: Optional[Tuple[np.ndarray, ...]] = None
         self._x: Optional[np.ndarray] = None
@@ -234,8 +234,10 @@ class MLP:
     h2_log_grad, h2_soft_grad, h2_grad, h1_relu_grad : numpy.ndarray
         Gradients of the last :meth:`backward`, named as in the notebook (each
         is what the op of that name returned: ``h2_soft_grad`` is the gradient
-        at the logits, ``h2_grad`` at ``h1_relu``, ``h1_relu_grad`` at ``h1``;
-        the last two share one buffer, relu's backward runs in place).
+        at the logits, ``h1_relu_grad`` at ``h1``).  ``h2_grad``, the gradient
+        at ``h1_relu``, is the same buffer as ``h1_relu_grad``: the second
+        layer's product and relu run backward as one (``relu_matmul_backward``
+        of the backend's kernel table), so it is never kept unmasked.
         ``h2_log_grad`` is None in ``"xent"`` mode.
     h1_grad : None
         The gradient at the input images is never computed (the first
@@ -295,7 +297,7 @@ class MLP:
         self.softmax = ops.Softmax()
         self.log = ops.Log()
         self.xent = ops.SoftmaxCrossEntropy()
-        self._kernels = get_kernels(self.backend)  # for accuracy's row-argmax count
+        self._kernels = get_kernels(self.backend)  # accuracy's row-argmax count, fused backward
 
         k = (self.n_in + 1) * self.n_hidden
         size = k + self.n_hidden * self.n_out
@@ -517,8 +519,11 @@ class MLP:
                 self.xent.forward(self.h2, Y)
             self.h2_log_grad = None
             self.h2_soft_grad = self.xent.backward(1.0, out=b.grad_logits)
-        self.h2_grad, _ = self.mul_h2.backward(self.h2_soft_grad, out=(b.grad_hidden, self._W2_grad))
-        self.h1_relu_grad = self.relu.backward(self.h2_grad, out=b.grad_hidden)
+        # Matmul.backward then Relu.backward in one pass over the (N, n_hidden) rows on the
+        # compiled backend (three passes through BLAS and relu); the same numpy calls on numpy
+        self._kernels.relu_matmul_backward(self.h2_soft_grad, self.h1_relu, self._W2,
+                                           b.grad_hidden, self._W2_grad)
+        self.h2_grad = self.h1_relu_grad = b.grad_hidden
         self.h1_grad, _ = self.mul_h1.backward(self.h1_relu_grad, out=(None, self._W1_grad))
 
     def scores(self) -> np.ndarray:

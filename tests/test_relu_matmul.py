@@ -1,0 +1,153 @@
+"""``relu_matmul_backward``: the model's second layer (``relu(h1) @ W2``) run backward in one
+pass, on both kernel tables and every compiled CPU variant, against the two ops it replaces."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pyops
+from conftest import TOL
+from kernels import _dispatch, _table
+from pyops.backend import get_kernels
+
+# (N, k, c): tails of the 4-row blocks (N % 4), of the vector lanes (k % 8, k % 16), one
+# column or class, and sizes above the threading threshold (N * k >= 32768).
+SHAPES = [(0, 5, 3), (1, 1, 1), (3, 5, 2), (4, 16, 3), (5, 17, 10), (8, 3, 4), (13, 100, 10),
+          (1001, 33, 17), (2048, 100, 10), (6001, 24, 1)]
+
+
+def variants():
+    return [v for v in _dispatch.runnable_variants() if v in _dispatch.built_variants()]
+
+
+def inputs(n, k, c, dtype, rng):
+    g = rng.normal(size=(n, c)).astype(dtype)
+    x = rng.normal(size=(n, k)).astype(dtype)
+    return g, np.maximum(x, 0), rng.normal(size=(k, c)).astype(dtype), x
+
+
+def separate_ops(g, x, W, backend):
+    """What the model computed before: Matmul.backward at relu(x), then Relu.backward."""
+    ops = pyops.get_ops(backend)
+    relu, mul = ops.Relu(), ops.Matmul()
+    h = relu.forward(x)
+    mul.forward(h, W)
+    dh, dW = mul.backward(g)
+    return relu.backward(dh), dW
+
+
+def assert_close(got, want, dtype):
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=TOL[dtype]["rtol"] * 10,
+                                   atol=TOL[dtype]["atol"] * 10 * max(1.0, np.abs(b).max(initial=0)))
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_both_tables_match_the_separate_ops(ops, shape, dtype, rng):
+    g, h, W, x = inputs(*shape, dtype, rng)
+    dh, dW = np.full(h.shape, np.nan, dtype), np.full(W.shape, np.nan, dtype)
+    got = get_kernels(ops.backend).relu_matmul_backward(g, h, W, dh, dW)
+    assert got[0] is dh and got[1] is dW
+    assert_close((dh, dW), separate_ops(g, x, W, "numpy"), dtype)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("variant", variants())
+def test_every_cpu_variant(variant, shape, stream, dtype, rng, monkeypatch):
+    """Each build, with dh written through the caches or streamed past them (forced here
+    for small arrays; the table streams from STREAM_MIN_BYTES on)."""
+    monkeypatch.setattr(_table, "STREAM_MIN_BYTES", 0 if stream else 1 << 62)
+    mod = _dispatch.load_variant(variant)
+    g, h, W, x = inputs(*shape, dtype, rng)
+    dh, dW = np.full(h.shape, np.nan, dtype), np.full(W.shape, np.nan, dtype)
+    _table._relu_matmul_backward_on(mod, g, h, W, dh, dW)
+    assert_close((dh, dW), separate_ops(g, x, W, "numpy"), dtype)
+
+
+def test_streamed_rows_need_no_alignment(dtype, rng, monkeypatch):
+    """dh one element off 16-byte alignment: written with plain stores, still right."""
+    monkeypatch.setattr(_table, "STREAM_MIN_BYTES", 0)
+    g, h, W, x = inputs(1001, 33, 10, dtype, rng)
+    raw = np.zeros(h.size + 1, dtype)
+    dh = raw[1:].reshape(h.shape)
+    assert dh.ctypes.data % 16 != 0
+    _table.relu_matmul_backward(g, h, W, dh, np.empty_like(W))
+    np.testing.assert_allclose(dh, separate_ops(g, x, W, "numpy")[0],
+                               rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 100)
+    assert raw[0] == 0
+
+
+def test_large_batch_is_streamed_and_right(rng):
+    """The training step's shape: (60000, 100) float32 is 24 MB, past STREAM_MIN_BYTES."""
+    g, h, W, x = inputs(60000, 100, 10, np.float32, rng)
+    dh = np.empty_like(h)
+    assert dh.nbytes >= _table.STREAM_MIN_BYTES
+    dW = np.empty_like(W)
+    _table.relu_matmul_backward(g, h, W, dh, dW)
+    assert_close((dh, dW), separate_ops(g, x, W, "numpy"), np.float32)
+
+
+def test_same_thread_count_gives_the_same_bits(rng):
+    g, h, W, _ = inputs(6001, 100, 10, np.float64, rng)
+    first = [np.empty_like(h), np.empty_like(W)]
+    again = [np.empty_like(h), np.empty_like(W)]
+    _table.relu_matmul_backward(g, h, W, *first)
+    _table.relu_matmul_backward(g, h, W, *again)
+    np.testing.assert_array_equal(first[1], again[1])
+    np.testing.assert_array_equal(first[0], again[0])
+
+
+def test_nan_and_masked_entries_as_the_separate_ops(ops, dtype):
+    """NaN in g stays NaN, also where h == 0 (g * (x > 0) is a product); h == 0 masks."""
+    g = np.array([[np.nan, 1.0], [2.0, -1.0]], dtype)
+    h = np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]], dtype)
+    W = np.arange(6, dtype=dtype).reshape(3, 2)
+    dh, dW = np.empty_like(h), np.empty_like(W)
+    get_kernels(ops.backend).relu_matmul_backward(g, h, W, dh, dW)
+    assert np.isnan(dh[0]).all()
+    np.testing.assert_array_equal(dh[1], [0.0, 0.0, 2.0 * 4.0 - 5.0])
+    assert np.isnan(dW[:, 0]).all()
+    np.testing.assert_array_equal(dW[:, 1], h.T @ g[:, 1])
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (dict(g=np.zeros((4, 3))), ValueError, r"shapes must be g \(N, c\), h \(N, k\), W \(k, c\)"),
+    (dict(W=np.zeros((2, 2), np.float32)), TypeError, "g, h and W must have one dtype, float32 or float64"),
+    (dict(h=np.zeros((5, 4))[:, ::2]), ValueError, "h must be C-contiguous"),
+    (dict(g=[[1.0, 2.0]] * 5), ValueError, "g must be a 2-D numpy.ndarray"),
+    (dict(out_dh=np.zeros((5, 3))), ValueError, r"out_dh must have shape \(5, 2\)"),
+    (dict(out_dW=np.zeros((2, 2), np.float32)), TypeError, "out_dW must have dtype float64"),
+], ids=["g-shape", "W-dtype", "h-strided", "g-list", "out_dh-shape", "out_dW-dtype"])
+def test_bad_arguments_name_the_function(ops, bad, error, message):
+    args = dict(g=np.zeros((5, 2)), h=np.zeros((5, 2)), W=np.zeros((2, 2)),
+                out_dh=np.zeros((5, 2)), out_dW=np.zeros((2, 2)))
+    args.update(bad)
+    with pytest.raises(error, match="relu_matmul_backward: " + message):
+        get_kernels(ops.backend).relu_matmul_backward(**args)
+
+
+def test_outputs_may_not_share_memory_with_inputs(ops):
+    g, h, W = np.ones((5, 2)), np.ones((5, 2)), np.ones((2, 2))
+    table = get_kernels(ops.backend)
+    with pytest.raises(ValueError, match="relu_matmul_backward: out_dh must not share memory with h"):
+        table.relu_matmul_backward(g, h, W, h, np.zeros((2, 2)))
+    dh = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="out_dW must not share memory with out_dh"):
+        table.relu_matmul_backward(g, h, W, dh, dh[:2])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["one-pass", "three-passes"])
+def test_compiled_table_either_way(fused, dtype, rng, monkeypatch):
+    """The table runs the one-pass kernel where the build's vectors make it faster
+    (RELU_MATMUL_FUSED), else BLAS's products and the compiled relu backward."""
+    monkeypatch.setattr(_table._k, "RELU_MATMUL_FUSED", fused)
+    g, h, W, x = inputs(1001, 100, 10, dtype, rng)
+    dh, dW = np.full(h.shape, np.nan, dtype), np.full(W.shape, np.nan, dtype)
+    _table.relu_matmul_backward(g, h, W, dh, dW)
+    assert_close((dh, dW), separate_ops(g, x, W, "numpy"), dtype)
+
+
+def test_only_the_baseline_build_prefers_three_passes():
+    for variant in variants():
+        assert _dispatch.load_variant(variant).RELU_MATMUL_FUSED is (variant != "baseline"), variant
