@@ -196,6 +196,9 @@ cdef inline void _exp_inplace(floating* a, Py_ssize_t n, bint below) noexcept no
     Other blocks keep the plain loop: the second costs 3-30% more (more for float64 and on
     the baseline build).  The caller finds ``below`` while it writes the arguments: a separate
     pass here cost up to 15% (its vector loads waited on the caller's scalar stores).
+    Only float32 callers raise ``below``: finding it (a row min beside the row max) made
+    float64 softmax 10-15% slower on ordinary logits, and float64 needs a spread beyond 708
+    or a -inf mask (slow then, but exact: libm's subnormal results, as numpy's).
     """
     cdef Py_ssize_t i
     cdef floating v, e, lo = _exp_lo(a)
@@ -217,8 +220,9 @@ cdef inline void _exp_inplace(floating* a, Py_ssize_t n, bint below) noexcept no
 
 cdef inline bint _shift_by_row_max(const floating* x, floating* out, Py_ssize_t rows,
                                    Py_ssize_t c) noexcept nogil:
-    """out = x - max(x) row by row (a NaN max makes the row NaN); return whether some out is
-    below _exp_lo (min - max, on the way: a -inf, or a spread beyond exp's normal range)."""
+    """out = x - max(x) row by row (a NaN max makes the row NaN); for float, return whether
+    some out is below _exp_lo (min - max, on the way: a -inf, or a spread beyond exp's normal
+    range); for double, False (see _exp_inplace)."""
     cdef Py_ssize_t r, j
     cdef floating m, mn, v, lo = _exp_lo(x)
     cdef bint below = False
@@ -231,7 +235,8 @@ cdef inline bint _shift_by_row_max(const floating* x, floating* out, Py_ssize_t 
                 m = v
             if v < mn:
                 mn = v
-        below = below | (mn - m < lo)
+        if floating is float:  # float64: see _exp_inplace
+            below = below | (mn - m < lo)
         for j in range(c):
             out[r * c + j] = x[r * c + j] - m
     return below
