@@ -750,9 +750,10 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "apart in a row as a notebook-initialized model's on MNIST, where the tables above use "
             "2 times a standard normal. In float32, exp of many of them is then below the "
             "smallest normal number (exp(-87.3)); glibc's vector exp handles such vectors in "
-            "scalar code, and the compiled kernels send those lanes to 0 instead (float64 needs "
-            "a spread beyond 708 for that). */ usual logits*: this time over the same "
-            f"implementation's in the op table ({NOISY_MARK}: noisy rounds).",
+            "scalar code, and the compiled float32 kernels send those lanes to 0 instead "
+            "(float64 reaches that range only beyond a spread of 708). The *usual logits* "
+            "columns divide this time by the same implementation's in the op table "
+            f"({NOISY_MARK}: noisy rounds).",
             "",
             far_md,
             "",

@@ -196,9 +196,10 @@ cdef inline void _exp_inplace(floating* a, Py_ssize_t n, bint below) noexcept no
     Other blocks keep the plain loop: the second costs 3-30% more (more for float64 and on
     the baseline build).  The caller finds ``below`` while it writes the arguments: a separate
     pass here cost up to 15% (its vector loads waited on the caller's scalar stores).
-    Only float32 callers raise ``below``: finding it (a row min beside the row max) made
-    float64 softmax 10-15% slower on ordinary logits, and float64 needs a spread beyond 708
-    or a -inf mask (slow then, but exact: libm's subnormal results, as numpy's).
+    Only float32 callers raise ``below`` (so the float64 figures above describe a loop no
+    caller takes): finding it (a row min beside the row max) made float64 softmax 10-15%
+    slower on ordinary logits, and float64 needs a spread beyond 708 or a -inf mask (slow
+    then, but exact: libm's subnormal results, as numpy's).
     """
     cdef Py_ssize_t i
     cdef floating v, e, lo = _exp_lo(a)
@@ -566,7 +567,10 @@ def relu_matmul_backward(const floating[:, ::1] g,   # IN   (N, c) grad_y
     cdef Py_ssize_t step, start
     cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
     cdef int t
-    if n == 0 or k == 0 or c == 0:
+    if n == 0 or k == 0:
+        return
+    if c == 0:  # g @ W^T of no classes: zeros
+        dh[:, :] = 0
         return
     with nogil:
         if nt == 1:

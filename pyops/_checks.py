@@ -118,9 +118,10 @@ def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: 
     inputs or each other (the loop reads every input after it began writing)."""
     arrays = {"g": g, "h": h, "W": W}
     for name, a in arrays.items():
-        if not isinstance(a, np.ndarray) or a.ndim != 2:
-            raise ValueError(f"{where}: {name} must be a 2-D numpy.ndarray, got "
-                             f"{getattr(a, 'shape', type(a).__name__)}")
+        if not isinstance(a, np.ndarray) or isinstance(a, np.matrix):  # as check_out
+            raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+        if a.ndim != 2:
+            raise ValueError(f"{where}: {name} must be 2-D, got shape {a.shape}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{where}: {name} must be C-contiguous")
     dtype = g.dtype

@@ -290,7 +290,7 @@ def exact_softmax(x):
 def assert_softmax_close(got, x, flushed):
     """Within the dtype's rtol, or below an absolute 1.01 * its smallest normal number; with
     ``flushed`` (the compiled float32 kernels), exactly 0 where a logit is more than 87.34
-    below its row's max: no subnormal probabilities."""
+    below its row's max (exp of the difference is then below the smallest normal number)."""
     tiny = np.finfo(x.dtype).tiny
     want = exact_softmax(x)
     err = np.abs(got.astype(np.longdouble) - want)

@@ -2,6 +2,10 @@
 pass, on both kernel tables and every compiled CPU variant, against the two ops it replaces."""
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,10 +14,11 @@ from conftest import TOL
 from kernels import _dispatch, _table
 from pyops.backend import get_kernels
 
-# (N, k, c): tails of the 4-row blocks (N % 4), of the vector lanes (k % 8, k % 16), one
-# column or class, and sizes above the threading threshold (N * k >= 32768).
+# (N, k, c): tails of the 4-row blocks (N % 4 from 0 to 3), of the vector lanes (k % 8,
+# k % 16, k below one vector), one column or class, and sizes above the threading threshold
+# (N * k >= 32768), with every N % 4 and k below one vector there too.
 SHAPES = [(0, 5, 3), (1, 1, 1), (3, 5, 2), (4, 16, 3), (5, 17, 10), (8, 3, 4), (13, 100, 10),
-          (1001, 33, 17), (2048, 100, 10), (6001, 24, 1)]
+          (6, 9, 2), (1001, 33, 17), (2048, 100, 10), (6001, 24, 1), (6002, 7, 10), (4094, 9, 3)]
 
 
 def variants():
@@ -115,10 +120,11 @@ def test_nan_and_masked_entries_as_the_separate_ops(ops, dtype):
     (dict(g=np.zeros((4, 3))), ValueError, r"shapes must be g \(N, c\), h \(N, k\), W \(k, c\)"),
     (dict(W=np.zeros((2, 2), np.float32)), TypeError, "g, h and W must have one dtype, float32 or float64"),
     (dict(h=np.zeros((5, 4))[:, ::2]), ValueError, "h must be C-contiguous"),
-    (dict(g=[[1.0, 2.0]] * 5), ValueError, "g must be a 2-D numpy.ndarray"),
+    (dict(g=[[1.0, 2.0]] * 5), TypeError, "g must be a numpy.ndarray, got list"),
+    (dict(W=np.zeros(2)), ValueError, r"W must be 2-D, got shape \(2,\)"),
     (dict(out_dh=np.zeros((5, 3))), ValueError, r"out_dh must have shape \(5, 2\)"),
     (dict(out_dW=np.zeros((2, 2), np.float32)), TypeError, "out_dW must have dtype float64"),
-], ids=["g-shape", "W-dtype", "h-strided", "g-list", "out_dh-shape", "out_dW-dtype"])
+], ids=["g-shape", "W-dtype", "h-strided", "g-list", "W-1d", "out_dh-shape", "out_dW-dtype"])
 def test_bad_arguments_name_the_function(ops, bad, error, message):
     args = dict(g=np.zeros((5, 2)), h=np.zeros((5, 2)), W=np.zeros((2, 2)),
                 out_dh=np.zeros((5, 2)), out_dW=np.zeros((2, 2)))
@@ -151,3 +157,65 @@ def test_compiled_table_either_way(fused, dtype, rng, monkeypatch):
 def test_only_the_baseline_build_prefers_three_passes():
     for variant in variants():
         assert _dispatch.load_variant(variant).RELU_MATMUL_FUSED is (variant != "baseline"), variant
+
+
+def test_no_classes_gives_a_zero_gradient(ops, dtype):
+    """c == 0: g @ W.T is an (N, k) matrix of zeros, on both tables (dh filled, not left)."""
+    dh = np.full((5, 3), np.nan, dtype)
+    dW = np.empty((3, 0), dtype)
+    get_kernels(ops.backend).relu_matmul_backward(
+        np.zeros((5, 0), dtype), np.ones((5, 3), dtype), np.zeros((3, 0), dtype), dh, dW)
+    np.testing.assert_array_equal(dh, 0)
+
+
+@pytest.mark.parametrize("threads", [3, 5])
+def test_more_threads_than_cores(threads, dtype, rng):
+    """Thread chunks of whole 4-row blocks, with remainders, however many threads split them."""
+    g, h, W, x = inputs(4097, 9, 10, dtype, rng)
+    dh, dW = np.empty_like(h), np.empty_like(W)
+    before = _table._k.get_num_threads()
+    _table._k.set_num_threads(threads)
+    try:
+        _table._relu_matmul_backward_on(_table._k, g, h, W, dh, dW)
+    finally:
+        _table._k.set_num_threads(before)
+    assert_close((dh, dW), separate_ops(g, x, W, "numpy"), dtype)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect guard pages: Linux")
+@pytest.mark.parametrize("variant", variants())
+def test_no_access_past_any_array(variant, dtype, rng):
+    """Every array the compiled kernel gets ends at an inaccessible page: a read or write one
+    value past any of them (the tail chunk's full-width loads, the scratch spill) faults."""
+    mod = _dispatch.load_variant(variant)
+    lanes = mod.RELU_MATMUL_LANES[np.dtype(dtype).name]
+    for n in (1, 2, 3, 4, 5, 6, 7, 9):
+        for k in sorted({1, max(1, lanes - 1), lanes, lanes + 1, 2 * lanes + 1}):
+            for c in (1, 3):
+                kp = -(-k // lanes) * lanes
+                W = rng.normal(size=(k, c)).astype(dtype)
+                wt = np.zeros((c, kp), dtype)
+                wt[:, :k] = W.T
+                g = before_guard_page(rng.normal(size=(n, c)).astype(dtype))
+                h = before_guard_page(np.maximum(rng.normal(size=(n, k)), 0).astype(dtype))
+                wt = before_guard_page(wt)
+                dh = before_guard_page(np.full((n, k), np.nan, dtype))
+                for stream in (False, True):
+                    work = before_guard_page(np.zeros((1, 2 * c * kp + 4 * k + lanes), dtype))
+                    mod.relu_matmul_backward(g, h, wt, dh, work, stream)
+                    np.testing.assert_allclose(dh, (g @ W.T) * (h > 0), rtol=1e-4, atol=1e-5)
+
+
+def before_guard_page(a):
+    """A copy of ``a`` whose last byte is the last before a PROT_NONE page."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    pages = -(-a.nbytes // page) + 1
+    m = mmap.mmap(-1, pages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0, ctypes.get_errno()
+    out = np.frombuffer(m, np.uint8, a.nbytes, (pages - 1) * page - a.nbytes)
+    out = out.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
