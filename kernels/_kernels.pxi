@@ -162,70 +162,58 @@ cdef inline void _scaled_diff(const floating* s, const floating* y, floating sca
 
 cdef extern from *:
     """
-    /* The lower clamp of _exp_inplace, just above log(FLT_MIN) = -87.3365 and log(DBL_MIN) =
-       -708.3964 (exp of it is still a normal number).  volatile, and read once per call, so
-       that gcc cannot fold exp(lo) into a constant: with it, gcc rewrites
-       exp(v < lo ? lo : v) * (v >= lo) as (v >= lo) ? exp(v) : 0, and calls exp on every v
-       unclamped again (measured: the slow path below stays). */
+    /* The lower clamp of _exp_inplace's float loop, just above log(FLT_MIN) = -87.3365 (exp of
+       it is still a normal number).  volatile, and read once per call, so that gcc cannot
+       fold exp(lo) into a constant: with it, gcc rewrites exp(v < lo ? lo : v) * (v >= lo) as
+       (v >= lo) ? exp(v) : 0, and calls exp on every v unclamped again (measured: the slow
+       path below stays). */
     static volatile float opk_exp_lo_f = -87.33f;
-    static volatile double opk_exp_lo_d = -708.39;
     """
     float opk_exp_lo_f
-    double opk_exp_lo_d
-
-
-cdef inline floating _exp_lo(const floating* like) noexcept nogil:
-    """The clamp of _exp_inplace in the type of ``like`` (only its type is used)."""
-    if floating is float:
-        return opk_exp_lo_f
-    else:
-        return opk_exp_lo_d
 
 
 cdef inline void _exp_inplace(floating* a, Py_ssize_t n, bint below) noexcept nogil:
-    """a = exp(a); with ``below`` (some a < _exp_lo), results under about the smallest normal
-    number (FLT_MIN, DBL_MIN) come out as 0.
+    """a = exp(a); for float with ``below`` (some a < opk_exp_lo_f), results under about
+    FLT_MIN come out as 0.
 
     libmvec's vector exp hands the whole vector to scalar libm when one lane underflows below
     the smallest normal: float32 softmax took 8x longer on logits more than 87.34 apart (as a
-    notebook-initialized model's are), float64 13x beyond 708.4, both on -inf (a mask).  So a
-    block with an argument below lo takes a second loop, which raises each argument to lo and
-    multiplies the result by (v >= lo): exact 0 for -inf, an absolute error below 1.2e-38
-    (float32) or 2.3e-308 (float64) for the others, NaN stays NaN (NaN * 0).  The mask is taken
-    from the argument: a select on exp's result doubled the loop's time (gcc 12, AVX-512).
-    Other blocks keep the plain loop: the second costs 3-30% more (more for float64 and on
-    the baseline build).  The caller finds ``below`` while it writes the arguments: a separate
-    pass here cost up to 15% (its vector loads waited on the caller's scalar stores).
-    Only float32 callers raise ``below`` (so the float64 figures above describe a loop no
-    caller takes): finding it (a row min beside the row max) made float64 softmax 10-15%
-    slower on ordinary logits, and float64 needs a spread beyond 708 or a -inf mask (slow
-    then, but exact: libm's subnormal results, as numpy's).
+    notebook-initialized model's are), and on -inf (a mask).  So a float block with an
+    argument below lo takes a second loop, which raises each argument to lo and multiplies the
+    result by (v >= lo): exact 0 for -inf, an absolute error below 1.2e-38 for the others, NaN
+    stays NaN (NaN * 0).  The mask is taken from the argument: a select on exp's result doubled
+    the loop's time (gcc 12, AVX-512).  Other blocks keep the plain loop: the second costs
+    about 20% more (40% on the baseline build).  The caller finds ``below`` while it writes the arguments: a separate pass here
+    cost up to 15% (its vector loads waited on the caller's scalar stores).
+    double has the plain loop only: finding ``below`` (a row min beside the row max) made
+    float64 softmax 10-15% slower on ordinary logits, and float64 reaches the slow path only
+    beyond a spread of 708 or at a -inf mask (13x slower then, but exact: libm's subnormal
+    results, as numpy's).
     """
     cdef Py_ssize_t i
-    cdef floating v, e, lo = _exp_lo(a)
-    if not below:
+    cdef floating v, e, lo
+    if floating is float:
+        if below:
+            lo = opk_exp_lo_f
+            for i in range(n):
+                v = a[i]
+                e = expf(lo if v < lo else v)
+                a[i] = e * (v >= lo)
+            return
         for i in range(n):
-            if floating is float:
-                a[i] = expf(a[i])
-            else:
-                a[i] = exp(a[i])
-        return
-    for i in range(n):
-        v = a[i]
-        if floating is float:
-            e = expf(lo if v < lo else v)
-        else:
-            e = exp(lo if v < lo else v)
-        a[i] = e * (v >= lo)
+            a[i] = expf(a[i])
+    else:
+        for i in range(n):
+            a[i] = exp(a[i])
 
 
 cdef inline bint _shift_by_row_max(const floating* x, floating* out, Py_ssize_t rows,
                                    Py_ssize_t c) noexcept nogil:
     """out = x - max(x) row by row (a NaN max makes the row NaN); for float, return whether
-    some out is below _exp_lo (min - max, on the way: a -inf, or a spread beyond exp's normal
-    range); for double, False (see _exp_inplace)."""
+    some out is below opk_exp_lo_f (min - max, on the way: a -inf, or a spread beyond exp's
+    normal range); for double, False (see _exp_inplace)."""
     cdef Py_ssize_t r, j
-    cdef floating m, mn, v, lo = _exp_lo(x)
+    cdef floating m, mn, v
     cdef bint below = False
     for r in range(rows):
         m = x[r * c]
@@ -234,10 +222,11 @@ cdef inline bint _shift_by_row_max(const floating* x, floating* out, Py_ssize_t 
             v = x[r * c + j]
             if v > m:
                 m = v
-            if v < mn:
-                mn = v
-        if floating is float:  # float64: see _exp_inplace
-            below = below | (mn - m < lo)
+            if floating is float:
+                if v < mn:
+                    mn = v
+        if floating is float:
+            below = below | (mn - m < opk_exp_lo_f)
         for j in range(c):
             out[r * c + j] = x[r * c + j] - m
     return below
