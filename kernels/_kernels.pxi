@@ -507,7 +507,7 @@ def count_correct(const floating[:, ::1] scores,  # IN   (N, c) class scores
     return <Py_ssize_t>total
 
 
-# ------------------------------------------- relu then matmul, backward in one pass
+# ------------------------------------------- relu then matmul, in one pass each way
 # The C of _relu_matmul.h (GCC vector types): the model's second layer, relu(h1) @ W2.
 
 cdef extern from "_relu_matmul.h" nogil:
@@ -515,6 +515,12 @@ cdef extern from "_relu_matmul.h" nogil:
         OPK_RM_BYTES
         OPK_RM_LANES_float
         OPK_RM_LANES_double
+    void opk_relu_matmul_fwd_float(const float* x, const float* wp, float* h, float* y,
+                                   float* scratch, Py_ssize_t n, Py_ssize_t k, Py_ssize_t c,
+                                   Py_ssize_t cp, int stream)
+    void opk_relu_matmul_fwd_double(const double* x, const double* wp, double* h, double* y,
+                                    double* scratch, Py_ssize_t n, Py_ssize_t k, Py_ssize_t c,
+                                    Py_ssize_t cp, int stream)
     void opk_relu_matmul_bwd_float(const float* g, const float* h, const float* wt, float* dh,
                                    float* acc, float* blk, float* scratch, Py_ssize_t n,
                                    Py_ssize_t k, Py_ssize_t kp, Py_ssize_t c, int stream)
@@ -525,10 +531,52 @@ cdef extern from "_relu_matmul.h" nogil:
 
 #: Vector lanes per float type: relu_matmul_backward's wt and work rows are padded to them.
 RELU_MATMUL_LANES = {"float32": OPK_RM_LANES_float, "float64": OPK_RM_LANES_double}
-#: Whether the one-pass kernel beats BLAS's two products and relu's backward here.  With
-#: 16-byte vectors (the baseline build, SSE2, no FMA) it is compute-bound: on (60000, 100)
-#: x 10, one thread, 6.5 ms against 4.2 in float32 (x86-64-v3: 2.8 against 4.3).
+#: Whether the one-pass kernels beat relu and BLAS's products here.  With 16-byte vectors (the
+#: baseline build, SSE2, no FMA) they are compute-bound: on (60000, 100) x 10, one thread,
+#: float32, backward 6.5 ms against 4.2 (x86-64-v3: 2.8 against 4.3), forward 5.2 against
+#: 2.5 (x86-64-v3: 2.3 against 2.6).
 RELU_MATMUL_FUSED = OPK_RM_BYTES >= 32
+
+
+cdef inline void _relu_matmul_fwd_range(const floating* x, const floating* wp, floating* h,
+                                        floating* y, floating* scratch, Py_ssize_t n,
+                                        Py_ssize_t k, Py_ssize_t c, Py_ssize_t cp,
+                                        int stream) noexcept nogil:
+    if floating is float:
+        opk_relu_matmul_fwd_float(x, wp, h, y, scratch, n, k, c, cp, stream)
+    else:
+        opk_relu_matmul_fwd_double(x, wp, h, y, scratch, n, k, c, cp, stream)
+
+
+def relu_matmul_forward(const floating[:, ::1] x,   # IN   (N, k)
+                        const floating[:, ::1] wp,  # IN   (k, cp) W, zero-padded to the lanes
+                        floating[:, ::1] h,         # OUT  (N, k) relu(x)
+                        floating[:, ::1] y,         # OUT  (N, c) h @ W
+                        floating[:, ::1] work,      # OUT  (threads, 4 (k + cp)) scratch
+                        bint stream):
+    """Fill h = relu(x) and y = h @ W; stream: write h past the caches (see _relu_matmul.h)."""
+    cdef Py_ssize_t n = x.shape[0], k = x.shape[1], c = y.shape[1], cp = wp.shape[1]
+    cdef Py_ssize_t step, start
+    cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
+    cdef int t
+    if n == 0:
+        return
+    if k == 0:  # sums of nothing
+        y[:, :] = 0
+        return
+    with nogil:
+        if c == 0:  # no outputs: relu alone
+            _run(RELU_FWD, &x[0, 0], NULL, 0, &h[0, 0], n * k, 1)
+        elif nt == 1:
+            _relu_matmul_fwd_range(&x[0, 0], &wp[0, 0], &h[0, 0], &y[0, 0], &work[0, 0],
+                                   n, k, c, cp, stream)
+        else:
+            step = _chunk(n, nt, 4)  # whole 4-row blocks: h's streamed rows stay aligned
+            for t in prange(nt, schedule="static", num_threads=nt):
+                start = t * step
+                if start < n:
+                    _relu_matmul_fwd_range(&x[start, 0], &wp[0, 0], &h[start, 0], &y[start, 0],
+                                           &work[t, 0], min(step, n - start), k, c, cp, stream)
 
 
 cdef inline void _relu_matmul_range(const floating* g, const floating* h, const floating* wt,

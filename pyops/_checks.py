@@ -111,12 +111,9 @@ def count_correct_inputs(where: str, scores: Any, labels: Any) -> Tuple[np.ndarr
     return np.ascontiguousarray(s, dtype), np.ascontiguousarray(lab, dtype)
 
 
-def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: Any) -> None:
-    """Check the arrays of a ``relu_matmul_backward``: ``g`` (N, c), ``h`` (N, k) and ``W``
-    (k, c) C-contiguous ndarrays of one float dtype (float32 or float64); ``out_dh`` (N, k)
-    and ``out_dW`` (k, c) writeable, C-contiguous, of that dtype, sharing no memory with the
-    inputs or each other (the loop reads every input after it began writing)."""
-    arrays = {"g": g, "h": h, "W": W}
+def _matrices(where: str, arrays: Dict[str, Any]) -> np.dtype:
+    """Check that ``arrays`` (name -> array) are C-contiguous 2-D ndarrays of one float dtype
+    (float32 or float64), and return it."""
     for name, a in arrays.items():
         if not isinstance(a, np.ndarray) or isinstance(a, np.matrix):  # as check_out
             raise TypeError(f"{where}: {name} must be a numpy.ndarray, got {type(a).__name__}")
@@ -124,10 +121,36 @@ def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: 
             raise ValueError(f"{where}: {name} must be 2-D, got shape {a.shape}")
         if not a.flags.c_contiguous:
             raise ValueError(f"{where}: {name} must be C-contiguous")
-    dtype = g.dtype
-    if dtype not in (np.float32, np.float64) or h.dtype != dtype or W.dtype != dtype:
-        raise TypeError(f"{where}: g, h and W must have one dtype, float32 or float64; got "
-                        f"{g.dtype}, {h.dtype}, {W.dtype}")
+    dtypes = [a.dtype for a in arrays.values()]
+    if dtypes[0] not in (np.float32, np.float64) or any(d != dtypes[0] for d in dtypes):
+        *first, last = arrays
+        raise TypeError(f"{where}: {', '.join(first)} and {last} must have one dtype, float32 "
+                        f"or float64; got {', '.join(str(d) for d in dtypes)}")
+    return dtypes[0]
+
+
+def relu_matmul_forward_inputs(where: str, x: Any, W: Any, out_h: Any, out_y: Any) -> None:
+    """Check the arrays of a ``relu_matmul_forward``: ``x`` (N, k) and ``W`` (k, c)
+    C-contiguous ndarrays of one float dtype (float32 or float64); ``out_h`` (N, k) and
+    ``out_y`` (N, c) writeable, C-contiguous, of that dtype, sharing no memory with the inputs
+    or each other (the loop reads ``W`` and ``out_h`` after it began writing)."""
+    arrays = {"x": x, "W": W}
+    dtype = _matrices(where, arrays)
+    (n, k), c = x.shape, W.shape[1]
+    if W.shape[0] != k:
+        raise ValueError(f"{where}: shapes must be x (N, k), W (k, c); got x {x.shape}, "
+                         f"W {W.shape}")
+    check_out(where, out_h, (n, k), dtype, name="out_h", kept=arrays)
+    check_out(where, out_y, (n, c), dtype, name="out_y", kept={**arrays, "out_h": out_h})
+
+
+def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: Any) -> None:
+    """Check the arrays of a ``relu_matmul_backward``: ``g`` (N, c), ``h`` (N, k) and ``W``
+    (k, c) C-contiguous ndarrays of one float dtype (float32 or float64); ``out_dh`` (N, k)
+    and ``out_dW`` (k, c) writeable, C-contiguous, of that dtype, sharing no memory with the
+    inputs or each other (the loop reads every input after it began writing)."""
+    arrays = {"g": g, "h": h, "W": W}
+    dtype = _matrices(where, arrays)
     (n, c), k = g.shape, W.shape[0]
     if h.shape[0] != n or W.shape[1] != c or h.shape[1] != k:
         raise ValueError(f"{where}: shapes must be g (N, c), h (N, k), W (k, c); got "

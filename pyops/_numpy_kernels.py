@@ -11,7 +11,8 @@ from typing import Callable, Tuple, TypeVar
 
 import numpy as np
 
-from ._checks import count_correct_inputs, relu_matmul_inputs, warn_log_domain
+from ._checks import (count_correct_inputs, relu_matmul_forward_inputs, relu_matmul_inputs,
+                      warn_log_domain)
 
 CONTIGUOUS_INPUTS = False  # numpy handles any strides; no copy needed
 
@@ -125,6 +126,18 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
     np.subtract(s, y, out=out)
     out *= s.dtype.type(scale)
     return out
+
+
+@_ieee
+def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: np.ndarray,
+                        out_y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The forward pass of ``y = relu(x) @ W``: ``out_h = relu(x)`` and ``out_y = out_h @ W``.
+    What ``Relu.forward`` then ``Matmul.forward`` compute, with no op class in front
+    (:meth:`pyops.MLP.forward` calls it): the arguments are checked here."""
+    relu_matmul_forward_inputs("relu_matmul_forward", x, W, out_h, out_y)
+    relu_forward(x, out_h)
+    np.matmul(out_h, W, out=out_y)
+    return out_h, out_y
 
 
 @_ieee

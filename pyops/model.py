@@ -230,7 +230,8 @@ class MLP:
     h1, h1_relu, h2, h2_soft, h2_log : numpy.ndarray
         Activations of the last :meth:`forward`; buffers overwritten by the next
         call with the same batch size.  ``h2_soft``/``h2_log`` are None in
-        ``"xent"`` mode.
+        ``"xent"`` mode.  ``h1_relu`` and ``h2`` come from one pass over the rows
+        (``relu_matmul_forward`` of the backend's kernel table).
     h2_log_grad, h2_soft_grad, h2_grad, h1_relu_grad : numpy.ndarray
         Gradients of the last :meth:`backward`, named as in the notebook (each
         is what the op of that name returned: ``h2_soft_grad`` is the gradient
@@ -292,12 +293,11 @@ class MLP:
         ops = get_ops(backend)
         self.backend: str = ops.backend
         self.mul_h1 = ops.Matmul(input_grad=False)
-        self.mul_h2 = ops.Matmul()
-        self.relu = ops.Relu()
         self.softmax = ops.Softmax()
         self.log = ops.Log()
         self.xent = ops.SoftmaxCrossEntropy()
-        self._kernels = get_kernels(self.backend)  # accuracy's row-argmax count, fused backward
+        # the second layer (relu, then W2) one pass each way; accuracy's row-argmax count
+        self._kernels = get_kernels(self.backend)
 
         k = (self.n_in + 1) * self.n_hidden
         size = k + self.n_hidden * self.n_out
@@ -482,8 +482,10 @@ class MLP:
         self._last = b
         self._xent_labels = None
         self.h1 = self.mul_h1.forward(X, self._W1, out=b.h1)
-        self.h1_relu = self.relu.forward(self.h1, out=b.h1_relu)
-        self.h2 = self.mul_h2.forward(self.h1_relu, self._W2, out=b.h2)
+        # Relu.forward then Matmul.forward in one pass over the (N, n_hidden) rows on the
+        # compiled backend; the same numpy calls on numpy
+        self._kernels.relu_matmul_forward(self.h1, self._W2, b.h1_relu, b.h2)
+        self.h1_relu, self.h2 = b.h1_relu, b.h2
         if self.loss_mode == "notebook":
             soft, log, _, _ = b.notebook()
             self.h2_soft = self.softmax.forward(self.h2, out=soft)

@@ -110,7 +110,7 @@ def test_kernel_tables_offer_the_same_functions():
 
     numpy_table, compiled = functions(get_kernels("numpy")), functions(get_kernels("cython"))
     assert numpy_table == compiled
-    assert {"relu_forward", "log_backward", "relu_matmul_backward", "adam_update", "adam_workspace"} <= set(compiled)
+    assert {"relu_forward", "log_backward", "relu_matmul_forward", "relu_matmul_backward", "adam_update", "adam_workspace"} <= set(compiled)
 
 
 def test_installed_kernels_are_the_compiled_extension():

@@ -1,5 +1,6 @@
-"""``relu_matmul_backward``: the model's second layer (``relu(h1) @ W2``) run backward in one
-pass, on both kernel tables and every compiled CPU variant, against the two ops it replaces."""
+"""``relu_matmul_forward`` and ``relu_matmul_backward``: the model's second layer
+(``relu(h1) @ W2``) run forward and backward in one pass each, on both kernel tables and every
+compiled CPU variant, against the two ops they replace."""
 from __future__ import annotations
 
 import ctypes
@@ -219,3 +220,149 @@ def before_guard_page(a):
     out = out.view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
+
+
+# ------------------------------------------------------------------------------- forward
+
+def separate_ops_forward(x, W, backend):
+    """What the model computed before: Relu.forward, then Matmul.forward."""
+    ops = pyops.get_ops(backend)
+    h = ops.Relu().forward(x)
+    return h, ops.Matmul().forward(h, W)
+
+
+def forward_inputs(n, k, c, dtype, rng):
+    return rng.normal(size=(n, k)).astype(dtype), rng.normal(size=(k, c)).astype(dtype)
+
+
+def assert_forward(h, y, x, W, dtype):
+    want_h, want_y = separate_ops_forward(x, W, "numpy")
+    np.testing.assert_array_equal(h, want_h)  # relu is exact
+    assert_close((y,), (want_y,), dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_forward_both_tables_match_the_separate_ops(ops, shape, dtype, rng):
+    x, W = forward_inputs(*shape, dtype, rng)
+    h, y = np.full(x.shape, np.nan, dtype), np.full((x.shape[0], W.shape[1]), np.nan, dtype)
+    got = get_kernels(ops.backend).relu_matmul_forward(x, W, h, y)
+    assert got[0] is h and got[1] is y
+    assert_forward(h, y, x, W, dtype)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("variant", variants())
+def test_forward_every_cpu_variant(variant, shape, stream, dtype, rng):
+    x, W = forward_inputs(*shape, dtype, rng)
+    h, y = np.full(x.shape, np.nan, dtype), np.full((x.shape[0], W.shape[1]), np.nan, dtype)
+    _table._relu_matmul_forward_on(_dispatch.load_variant(variant), x, W, h, y, stream)
+    assert_forward(h, y, x, W, dtype)
+
+
+def test_forward_large_batch_unaligned_and_threads(dtype, rng):
+    """The training step's shape (streamed from STREAM_MIN_BYTES), h off 16-byte alignment
+    (plain stores), and 3 or 5 threads splitting the rows: all give the same h and y."""
+    x, W = forward_inputs(60001, 100, 10, dtype, rng)
+    h, y = np.empty_like(x), np.empty((x.shape[0], 10), dtype)
+    assert h.nbytes >= _table.STREAM_MIN_BYTES
+    _table.relu_matmul_forward(x, W, h, y)
+    assert_forward(h, y, x, W, dtype)
+    raw = np.zeros(x.size + 1, dtype)
+    h_odd = raw[1:].reshape(x.shape)
+    assert h_odd.ctypes.data % 16 != 0
+    before = _table._k.get_num_threads()
+    for threads in (3, 5):
+        _table._k.set_num_threads(threads)
+        try:
+            y_t = np.empty_like(y)
+            _table._relu_matmul_forward_on(_table._k, x, W, h_odd, y_t, True)
+        finally:
+            _table._k.set_num_threads(before)
+        np.testing.assert_array_equal(h_odd, h)
+        np.testing.assert_array_equal(y_t, y)  # rows are independent: no order to change
+    assert raw[0] == 0
+
+
+def test_forward_nan_inf_and_zero_signs(ops, dtype):
+    """NaN in x propagates to h and its row of y; inf too; -0.0 gives +0.0 as numpy's relu."""
+    x = np.array([[np.nan, 1.0, -2.0], [np.inf, -np.inf, -0.0], [1.0, 2.0, 3.0]], dtype)
+    W = np.arange(6, dtype=dtype).reshape(3, 2) + 1
+    h, y = np.empty_like(x), np.empty((3, 2), dtype)
+    get_kernels(ops.backend).relu_matmul_forward(x, W, h, y)
+    assert np.isnan(h[0, 0]) and np.isnan(y[0]).all()
+    np.testing.assert_array_equal(h[1], [np.inf, 0.0, 0.0])
+    assert not np.signbit(h[1, 2])
+    np.testing.assert_array_equal(y[1], [np.inf, np.inf])
+    np.testing.assert_array_equal(y[2], x[2] @ W)
+
+
+def test_forward_no_classes_or_no_inputs(ops, dtype):
+    """c == 0: h is still relu(x); k == 0: y is sums of nothing, zeros."""
+    table = get_kernels(ops.backend)
+    x = np.array([[-1.0, 2.0]] * 5, dtype)
+    h = np.full_like(x, np.nan)
+    table.relu_matmul_forward(x, np.zeros((2, 0), dtype), h, np.empty((5, 0), dtype))
+    np.testing.assert_array_equal(h, np.maximum(x, 0))
+    y = np.full((5, 3), np.nan, dtype)
+    table.relu_matmul_forward(np.empty((5, 0), dtype), np.zeros((0, 3), dtype),
+                              np.empty((5, 0), dtype), y)
+    np.testing.assert_array_equal(y, 0)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["one-pass", "relu-then-blas"])
+def test_forward_compiled_table_either_way(fused, dtype, rng, monkeypatch):
+    monkeypatch.setattr(_table._k, "RELU_MATMUL_FUSED", fused)
+    x, W = forward_inputs(1001, 100, 10, dtype, rng)
+    h, y = np.full(x.shape, np.nan, dtype), np.full((1001, 10), np.nan, dtype)
+    _table.relu_matmul_forward(x, W, h, y)
+    assert_forward(h, y, x, W, dtype)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (dict(W=np.zeros((3, 2))), ValueError, r"shapes must be x \(N, k\), W \(k, c\)"),
+    (dict(W=np.zeros((2, 2), np.float32)), TypeError, "x and W must have one dtype, float32 or float64"),
+    (dict(x=np.zeros((5, 4))[:, ::2]), ValueError, "x must be C-contiguous"),
+    (dict(x=[[1.0, 2.0]] * 5), TypeError, "x must be a numpy.ndarray, got list"),
+    (dict(out_h=np.zeros((5, 3))), ValueError, r"out_h must have shape \(5, 2\)"),
+    (dict(out_y=np.zeros((5, 2), np.float32)), TypeError, "out_y must have dtype float64"),
+], ids=["W-shape", "W-dtype", "x-strided", "x-list", "out_h-shape", "out_y-dtype"])
+def test_forward_bad_arguments_name_the_function(ops, bad, error, message):
+    args = dict(x=np.zeros((5, 2)), W=np.zeros((2, 2)), out_h=np.zeros((5, 2)),
+                out_y=np.zeros((5, 2)))
+    args.update(bad)
+    with pytest.raises(error, match="relu_matmul_forward: " + message):
+        get_kernels(ops.backend).relu_matmul_forward(**args)
+
+
+def test_forward_outputs_may_not_share_memory(ops):
+    x, W = np.ones((5, 2)), np.ones((2, 2))
+    table = get_kernels(ops.backend)
+    with pytest.raises(ValueError, match="relu_matmul_forward: out_h must not share memory with x"):
+        table.relu_matmul_forward(x, W, x, np.zeros((5, 2)))
+    h = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="out_y must not share memory with out_h"):
+        table.relu_matmul_forward(x, W, h, h)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect guard pages: Linux")
+@pytest.mark.parametrize("variant", variants())
+def test_forward_no_access_past_any_array(variant, dtype, rng):
+    """As test_no_access_past_any_array, for the forward: y's full-vector spill stops at its
+    end, and no loop reads past x, wp or the scratch."""
+    mod = _dispatch.load_variant(variant)
+    lanes = mod.RELU_MATMUL_LANES[np.dtype(dtype).name]
+    for n in (1, 2, 3, 4, 5, 6, 7, 9):
+        for k in (1, 3):
+            for c in sorted({1, max(1, lanes - 1), lanes, lanes + 1, 2 * lanes + 1}):
+                cp = -(-c // lanes) * lanes
+                x, W = forward_inputs(n, k, c, dtype, rng)
+                wp = np.zeros((k, cp), dtype)
+                wp[:, :c] = W
+                x, wp = before_guard_page(x), before_guard_page(wp)
+                for stream in (False, True):
+                    h = before_guard_page(np.full((n, k), np.nan, dtype))
+                    y = before_guard_page(np.full((n, c), np.nan, dtype))
+                    work = before_guard_page(np.zeros((1, 4 * (k + cp)), dtype))
+                    mod.relu_matmul_forward(x, wp, h, y, work, stream)
+                    np.testing.assert_allclose(y, np.maximum(x, 0) @ W, rtol=1e-4, atol=1e-5)
