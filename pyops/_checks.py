@@ -129,6 +129,13 @@ def _matrices(where: str, arrays: Dict[str, Any]) -> np.dtype:
     return dtypes[0]
 
 
+def _required(where: str, **outputs: Any) -> None:
+    """Outputs that are not optional (check_out lets None through)."""
+    for name, out in outputs.items():
+        if out is None:
+            raise TypeError(f"{where}: {name} must be a numpy.ndarray, got None")
+
+
 def relu_matmul_forward_inputs(where: str, x: Any, W: Any, out_h: Any, out_y: Any) -> None:
     """Check the arrays of a ``relu_matmul_forward``: ``x`` (N, k) and ``W`` (k, c)
     C-contiguous ndarrays of one float dtype (float32 or float64); ``out_h`` (N, k) and
@@ -136,6 +143,7 @@ def relu_matmul_forward_inputs(where: str, x: Any, W: Any, out_h: Any, out_y: An
     or each other (the loop reads ``W`` and ``out_h`` after it began writing)."""
     arrays = {"x": x, "W": W}
     dtype = _matrices(where, arrays)
+    _required(where, out_h=out_h, out_y=out_y)
     (n, k), c = x.shape, W.shape[1]
     if W.shape[0] != k:
         raise ValueError(f"{where}: shapes must be x (N, k), W (k, c); got x {x.shape}, "
@@ -151,6 +159,7 @@ def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: 
     inputs or each other (the loop reads every input after it began writing)."""
     arrays = {"g": g, "h": h, "W": W}
     dtype = _matrices(where, arrays)
+    _required(where, out_dh=out_dh, out_dW=out_dW)
     (n, c), k = g.shape, W.shape[0]
     if h.shape[0] != n or W.shape[1] != c or h.shape[1] != k:
         raise ValueError(f"{where}: shapes must be g (N, c), h (N, k), W (k, c); got "

@@ -125,7 +125,9 @@ def test_nan_and_masked_entries_as_the_separate_ops(ops, dtype):
     (dict(W=np.zeros(2)), ValueError, r"W must be 2-D, got shape \(2,\)"),
     (dict(out_dh=np.zeros((5, 3))), ValueError, r"out_dh must have shape \(5, 2\)"),
     (dict(out_dW=np.zeros((2, 2), np.float32)), TypeError, "out_dW must have dtype float64"),
-], ids=["g-shape", "W-dtype", "h-strided", "g-list", "W-1d", "out_dh-shape", "out_dW-dtype"])
+    (dict(out_dh=None), TypeError, "out_dh must be a numpy.ndarray, got None"),
+], ids=["g-shape", "W-dtype", "h-strided", "g-list", "W-1d", "out_dh-shape", "out_dW-dtype",
+        "out_dh-None"])
 def test_bad_arguments_name_the_function(ops, bad, error, message):
     args = dict(g=np.zeros((5, 2)), h=np.zeros((5, 2)), W=np.zeros((2, 2)),
                 out_dh=np.zeros((5, 2)), out_dW=np.zeros((2, 2)))
@@ -262,7 +264,8 @@ def test_forward_every_cpu_variant(variant, shape, stream, dtype, rng):
 
 def test_forward_large_batch_unaligned_and_threads(dtype, rng):
     """The training step's shape (streamed from STREAM_MIN_BYTES), h off 16-byte alignment
-    (plain stores), and 3 or 5 threads splitting the rows: all give the same h and y."""
+    (plain stores), and 1, 3 or 5 threads splitting the rows: the compiled kernel gives the
+    same h and y bits every way."""
     x, W = forward_inputs(60001, 100, 10, dtype, rng)
     h, y = np.empty_like(x), np.empty((x.shape[0], 10), dtype)
     assert h.nbytes >= _table.STREAM_MIN_BYTES
@@ -272,29 +275,36 @@ def test_forward_large_batch_unaligned_and_threads(dtype, rng):
     h_odd = raw[1:].reshape(x.shape)
     assert h_odd.ctypes.data % 16 != 0
     before = _table._k.get_num_threads()
-    for threads in (3, 5):
-        _table._k.set_num_threads(threads)
-        try:
-            y_t = np.empty_like(y)
-            _table._relu_matmul_forward_on(_table._k, x, W, h_odd, y_t, True)
-        finally:
-            _table._k.set_num_threads(before)
-        np.testing.assert_array_equal(h_odd, h)
-        np.testing.assert_array_equal(y_t, y)  # rows are independent: no order to change
+    results = []
+    try:
+        for threads in (1, 3, 5):
+            _table._k.set_num_threads(threads)
+            for h_t in (np.empty_like(x), h_odd):  # streamed, then plain stores
+                y_t = np.empty_like(y)
+                _table._relu_matmul_forward_on(_table._k, x, W, h_t, y_t, True)
+                results.append((h_t.copy(), y_t))
+    finally:
+        _table._k.set_num_threads(before)
+    for h_t, y_t in results:
+        np.testing.assert_array_equal(h_t, h)
+        np.testing.assert_array_equal(y_t, results[0][1])  # rows are independent
     assert raw[0] == 0
 
 
 def test_forward_nan_inf_and_zero_signs(ops, dtype):
-    """NaN in x propagates to h and its row of y; inf too; -0.0 gives +0.0 as numpy's relu."""
-    x = np.array([[np.nan, 1.0, -2.0], [np.inf, -np.inf, -0.0], [1.0, 2.0, 3.0]], dtype)
-    W = np.arange(6, dtype=dtype).reshape(3, 2) + 1
-    h, y = np.empty_like(x), np.empty((3, 2), dtype)
+    """NaN in x propagates to h and its row of y; inf too; -0.0 gives +0.0 as numpy's relu.
+    Nine rows (two 4-row blocks and the one-row tail) and 40 classes (past two vectors)."""
+    x = np.tile(np.array([[np.nan, 1.0, -2.0], [np.inf, -np.inf, -0.0], [1.0, 2.0, 3.0]],
+                         dtype), (3, 1))
+    W = np.arange(3 * 40, dtype=dtype).reshape(3, 40) + 1
+    h, y = np.empty_like(x), np.empty((9, 40), dtype)
     get_kernels(ops.backend).relu_matmul_forward(x, W, h, y)
-    assert np.isnan(h[0, 0]) and np.isnan(y[0]).all()
-    np.testing.assert_array_equal(h[1], [np.inf, 0.0, 0.0])
-    assert not np.signbit(h[1, 2])
-    np.testing.assert_array_equal(y[1], [np.inf, np.inf])
-    np.testing.assert_array_equal(y[2], x[2] @ W)
+    for r in range(0, 9, 3):
+        assert np.isnan(h[r, 0]) and np.isnan(y[r]).all()
+        np.testing.assert_array_equal(h[r + 1], [np.inf, 0.0, 0.0])
+        assert not np.signbit(h[r + 1, 2])
+        np.testing.assert_array_equal(y[r + 1], np.inf)
+        np.testing.assert_array_equal(y[r + 2], x[r + 2] @ W)
 
 
 def test_forward_no_classes_or_no_inputs(ops, dtype):
@@ -326,7 +336,8 @@ def test_forward_compiled_table_either_way(fused, dtype, rng, monkeypatch):
     (dict(x=[[1.0, 2.0]] * 5), TypeError, "x must be a numpy.ndarray, got list"),
     (dict(out_h=np.zeros((5, 3))), ValueError, r"out_h must have shape \(5, 2\)"),
     (dict(out_y=np.zeros((5, 2), np.float32)), TypeError, "out_y must have dtype float64"),
-], ids=["W-shape", "W-dtype", "x-strided", "x-list", "out_h-shape", "out_y-dtype"])
+    (dict(out_y=None), TypeError, "out_y must be a numpy.ndarray, got None"),
+], ids=["W-shape", "W-dtype", "x-strided", "x-list", "out_h-shape", "out_y-dtype", "out_y-None"])
 def test_forward_bad_arguments_name_the_function(ops, bad, error, message):
     args = dict(x=np.zeros((5, 2)), W=np.zeros((2, 2)), out_h=np.zeros((5, 2)),
                 out_y=np.zeros((5, 2)))
@@ -352,7 +363,7 @@ def test_forward_no_access_past_any_array(variant, dtype, rng):
     end, and no loop reads past x, wp or the scratch."""
     mod = _dispatch.load_variant(variant)
     lanes = mod.RELU_MATMUL_LANES[np.dtype(dtype).name]
-    for n in (1, 2, 3, 4, 5, 6, 7, 9):
+    for n in (1, 2, 3, 4, 5, 6, 7, 9, 21, 40):  # from 11 or 19 rows y's spill stores start
         for k in (1, 3):
             for c in sorted({1, max(1, lanes - 1), lanes, lanes + 1, 2 * lanes + 1}):
                 cp = -(-c // lanes) * lanes
