@@ -311,6 +311,12 @@ class SoftmaxCrossEntropy(Op):
     def backward(self, grad_y: float = 1.0, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Return ``grad_y * (softmax(z) - y) / N``."""
         s, y = self._recall("out", "labels")
+        if type(grad_y) is int:  # numpy keeps ints beyond 64 bits as objects
+            try:
+                grad_y = float(grad_y)
+            except OverflowError:
+                raise ValueError(f"{self._where('backward')}: grad_y is an integer too large "
+                                 f"for a float ({len(str(abs(grad_y)))} digits)") from None
         g = np.asarray(grad_y)
         if g.ndim != 0 or g.dtype.kind not in "fiu":
             raise TypeError(f"{self._where('backward')}: grad_y must be a real scalar, got {grad_y!r}")

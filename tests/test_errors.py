@@ -43,6 +43,20 @@ def test_bad_dtype_backward(ops, bad):
             op.backward(np.ones_like(y).astype(bad))
 
 
+def test_xent_backward_scalar(ops):
+    """grad_y is a real scalar: Python ints of any size that fit a float are one."""
+    op = ops.SoftmaxCrossEntropy()
+    op.forward(np.zeros((2, 3)), np.eye(3)[:2])
+    np.testing.assert_allclose(op.backward(2 ** 100), 2.0 ** 100 * op.backward(1.0))
+    with pytest.raises(ValueError, match=r"^SoftmaxCrossEntropy\.backward: grad_y is an integer "
+                                         r"too large for a float \(401 digits\)"):
+        op.backward(10 ** 400)
+    for bad in ("a", np.ones(2), True):
+        with pytest.raises(TypeError, match=r"^SoftmaxCrossEntropy\.backward: grad_y must be a "
+                                            r"real scalar"):
+            op.backward(bad)
+
+
 def test_float32_in_float32_out(ops):
     x = np.full((3, 4), 0.5, np.float32)
     for _, make, _ in unary_ops(ops):
