@@ -4,6 +4,8 @@
   plain numpy, TensorFlow, PyTorch and a copy of the same bytes (the memory-bandwidth limit).
 - ``bench/test_variants.py``: each compiled kernel as built for every CPU level the machine
   runs (baseline, x86-64-v3, x86-64-v4), on one thread.
+- ``bench/test_second_layer.py``: the model's second layer, ``relu(h1) @ W2``, forward and
+  backward, in one compiled pass or as the compiled relu beside numpy's BLAS.
 - ``bench/test_training_step.py``: one full-batch training step of ``pyops.MLP`` per backend,
   beside TensorFlow and PyTorch steps of the same network and the two large GEMMs alone.
 - ``bench/time_to_accuracy.py``, ``bench/memory.py``: scripts (minutes), each writing JSON.

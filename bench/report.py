@@ -359,6 +359,30 @@ def variants_table(res: Results) -> str:
     return table(header, rows)
 
 
+def second_layer_table(res: Results) -> str:
+    """The model's second layer, forward and backward, in one pass (``cython``) or as relu and
+    BLAS apart (``separate``): median ms per implementation, and separate / cython per thread
+    count (``bench/test_second_layer.py``)."""
+    rows = []
+    counts = sorted({1, res.cores})
+    for direction in ("forward", "backward"):
+        for dtype in ("float64", "float32"):
+            group = f"second-layer-{direction}-{dtype}"
+            if group not in res.median:
+                continue
+            impls = ["numpy", *res.threads("separate"), *res.threads("cython")]
+            cells = [ms(res.get(group, i)) + (NOISY_MARK if res.noisy(group, i) else "")
+                     for i in impls]
+            ratios = [ratio(res.get(group, f"separate-{t}t"), res.get(group, f"cython-{t}t"))
+                      for t in counts]
+            rows.append([f"{direction} {dtype}", *cells, *ratios])
+    if not rows:
+        return ""
+    header = (["pass", "numpy", *[f"separate {t}t" for t in counts],
+               *[f"one pass {t}t" for t in counts], *[f"separate / one pass {t}t" for t in counts]])
+    return table(header, rows)
+
+
 # --------------------------------------------------------------------------- training step
 TRAIN_ORDER = ["numpy", "cython", "tensorflow", "torch", "gemm-floor"]
 
@@ -790,6 +814,22 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "(`baseline`) gets. `kernels` loads the last of them here.",
             "",
             variants_md,
+            "",
+        ]
+    second_md = second_layer_table(res)
+    if second_md:
+        parts += [
+            "### The second layer in one pass",
+            "",
+            "The model's `relu(h1) @ W2` on (60000, 100) x (100, 10), forward (`h1_relu` and "
+            "the logits) and backward (the gradient at `h1` and `W2_grad`), as "
+            "`pyops.MLP` runs it (`bench/test_second_layer.py`), median ms: *one pass*, the "
+            "compiled table's `relu_matmul_forward`/`_backward`; *separate*, the same table with "
+            "those kernels off, the compiled relu beside numpy's BLAS (two passes over the rows "
+            "forward, three backward; what the baseline build runs); *numpy*, the numpy table "
+            f"({NOISY_MARK}: noisy rounds).",
+            "",
+            second_md,
             "",
         ]
     if train_md:

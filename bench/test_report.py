@@ -270,3 +270,22 @@ def test_far_apart_softmax_is_set_beside_the_usual_logits():
     assert f"| `tensorflow` | - | - | 0.500{report.NOISY_MARK} | 1.00x{report.NOISY_MARK} |" in lines, md
     assert not any("cython-1t" in line or "torch" in line for line in lines), md  # not measured
     assert report.far_table(report.Results({"machine_info": {}, "benchmarks": []})) == ""
+
+
+def test_second_layer_sets_one_pass_beside_separate_passes():
+    doc = {"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": [
+        _record("second-layer-forward-float32", "numpy", 0.0034),
+        _record("second-layer-forward-float32", "separate-1t", 0.0025),
+        _record("second-layer-forward-float32", "separate-2t", 0.0026),
+        _record("second-layer-forward-float32", "cython-1t", 0.002),
+        _record("second-layer-forward-float32", "cython-2t", 0.0013),
+        _record("second-layer-backward-float64", "cython-2t", 0.003),  # the rest not measured
+    ]}
+    md = report.second_layer_table(report.Results(doc))
+    lines = md.splitlines()
+    assert lines[0] == ("| pass | numpy | separate 1t | separate 2t | one pass 1t | one pass 2t "
+                        "| separate / one pass 1t | separate / one pass 2t |"), md
+    assert "| forward float32 | 3.40 | 2.50 | 2.60 | 2.00 | 1.30 | 1.25x | 2.00x |" in lines, md
+    assert "| backward float64 | - | - | - | - | 3.00 | - | - |" in lines, md
+    assert not any("forward float64" in line for line in lines), md
+    assert report.second_layer_table(report.Results({"machine_info": {}, "benchmarks": []})) == ""
