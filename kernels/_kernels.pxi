@@ -1,5 +1,6 @@
 # Compiled kernels of Relu, Softmax, Log and SoftmaxCrossEntropy, forward and backward,
-# the row-argmax count behind MLP.accuracy, and the fused Adam update of pyops.model.Adam.
+# the row-argmax count behind MLP.accuracy, the model's second layer (relu then W2) in one
+# pass each way (the C of _relu_matmul.h), and the fused Adam update of pyops.model.Adam.
 #
 # Layers, top to bottom:
 #   1. C glue: OpenMP present or not, libmvec exp/log (see _simd_math.h), the build variant.
