@@ -397,14 +397,15 @@ def train_table(res: Results) -> Tuple[str, Dict[str, Any]]:
         impls += [i for i in expanded if any(res.get(g, i) is not None for g in groups.values())]
     header = ["implementation"]
     for dt in groups:
-        header += [f"{dt} ms", f"{dt} IQR ms", f"{dt} / GEMM floor"]
+        header += [f"{dt} ms", f"{dt} IQR ms", f"{dt} / GEMM floor", f"{dt} rest in step ms"]
     rows = []
     for impl in impls:
         row = [f"`{impl}`"]
         for g in groups.values():
             t, floor = res.get(g, impl), res.get(g, "gemm-floor")
             iqr = res.iqr.get(g, {}).get(impl)
-            row += [ms(t), ms(iqr) + (" (noisy)" if res.noisy(g, impl) else ""), ratio(t, floor)]
+            row += [ms(t), ms(iqr) + (" (noisy)" if res.noisy(g, impl) else ""), ratio(t, floor),
+                    ms(res.info.get((g, impl), {}).get("rest_ms"))]
         rows.append(row)
     summary = {dt: {i: res.get(g, i) for i in impls} for dt, g in groups.items()}
     summary.update({f"noisy-{dt}": {i for i in impls if res.noisy(g, i)} for dt, g in groups.items()})
@@ -840,7 +841,10 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "the 785-100-10 network on synthetic MNIST-shaped data; *GEMM floor*: `X @ W1` and "
             "`X.T @ G` alone with numpy's BLAS. Medians of at least "
             f"{min(n for g, r in res.rounds.items() if g.startswith('train-step') for n in r.values())} "
-            "rounds each.",
+            "rounds each. *rest in step* (this package's steps only): each step's time less that "
+            "of its own two large products, timed inside it, median over the same rounds: the "
+            "work beside the GEMMs, in the state the GEMMs leave the machine in (for instance "
+            "BLAS threads still spinning).",
             "",
             train_md,
             "",

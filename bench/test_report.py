@@ -289,3 +289,15 @@ def test_second_layer_sets_one_pass_beside_separate_passes():
     assert "| backward float64 | - | - | - | - | 3.00 | - | - |" in lines, md
     assert not any("forward float64" in line for line in lines), md
     assert report.second_layer_table(report.Results({"machine_info": {}, "benchmarks": []})) == ""
+
+
+def test_train_table_shows_the_rest_measured_inside_the_step():
+    doc = _run_doc("2026-01-01", {}, 69.0)
+    doc["benchmarks"][0]["extra_info"]["rest_ms"] = 9.5  # cython-2t; the floor has none
+    md, summary = report.train_table(report.Results(doc))
+    lines = md.splitlines()
+    assert lines[0] == ("| implementation | float32 ms | float32 IQR ms | float32 / GEMM floor "
+                        "| float32 rest in step ms |"), md
+    assert "| `cython-2t` | 69.0 | 0.690 | 1.15x | 9.50 |" in lines, md
+    assert "| `gemm-floor` | 60.0 | 0.600 | 1.00x | - |" in lines, md
+    assert summary["float32"]["cython-2t"] == 69.0
