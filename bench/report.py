@@ -827,7 +827,8 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "`pyops.MLP` runs it (`bench/test_second_layer.py`), median ms: *one pass*, the "
             "compiled table's `relu_matmul_forward`/`_backward`; *separate*, the same table with "
             "those kernels off, the compiled relu beside numpy's BLAS (two passes over the rows "
-            "forward, three backward; what the baseline build runs); *numpy*, the numpy table "
+            "forward, three backward; what the baseline build runs); *numpy*, the numpy table. "
+            "The thread counts are the kernels'; numpy's BLAS keeps its own in every column "
             f"({NOISY_MARK}: noisy rounds).",
             "",
             second_md,
@@ -842,8 +843,8 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "`X.T @ G` alone with numpy's BLAS. Medians of at least "
             f"{min(n for g, r in res.rounds.items() if g.startswith('train-step') for n in r.values())} "
             "rounds each. *rest in step* (this package's steps only): each step's time less that "
-            "of its own two large products, timed inside it, median over the same rounds: the "
-            "work beside the GEMMs, in the state the GEMMs leave the machine in (for instance "
+            "of its own two large products, timed inside it, median over the same timed rounds: "
+            "the work beside the GEMMs, in the state the GEMMs leave the machine in (for instance "
             "BLAS threads still spinning).",
             "",
             train_md,
