@@ -87,6 +87,14 @@ static inline void opk_stream_fence(void) {
 #define OPK_RM_FLUSH(T, acc, blk, count) \
     do { for (ptrdiff_t _i = 0; _i < (count); _i++) { (acc)[_i] += (blk)[_i]; (blk)[_i] = 0; } } while (0)
 
+/* relu as kernels/_kernels.pxi's _relu_fwd: -0.0 gives +0.0, NaN propagates (m values). */
+#define OPK_RELU(T)                                                                             \
+static inline void opk_relu_##T(const T* x, T* h, ptrdiff_t m) {                                \
+    for (ptrdiff_t i = 0; i < m; i++) { T v = x[i]; h[i] = v <= 0 ? 0 : v; }                  \
+}
+OPK_RELU(float)
+OPK_RELU(double)
+
 #if OPK_RM_VECTORS
 #define OPK_RELU_MATMUL_BWD(T, V, VI)                                                           \
 static inline V opk_ld_##T(const T* p) { V v; memcpy(&v, p, sizeof v); return v; }             \
@@ -174,14 +182,6 @@ static void opk_relu_matmul_bwd_##T(const T* g, const T* h, const T* wt, T* dh, 
 }
 OPK_RELU_MATMUL_BWD(float, opk_vf, opk_vif)
 OPK_RELU_MATMUL_BWD(double, opk_vd, opk_vid)
-
-/* relu as kernels/_kernels.pxi's _relu_fwd: -0.0 gives +0.0, NaN propagates (m values). */
-#define OPK_RELU(T)                                                                             \
-static inline void opk_relu_##T(const T* x, T* h, ptrdiff_t m) {                                \
-    for (ptrdiff_t i = 0; i < m; i++) { T v = x[i]; h[i] = v <= 0 ? 0 : v; }                  \
-}
-OPK_RELU(float)
-OPK_RELU(double)
 
 /* y rows [0, rows) from their h rows hr (row stride k): ys (rows, cp) first, then copied to y
    (row stride c): full vectors whose spill past c lands on the next row, written after it,
@@ -275,7 +275,7 @@ static void opk_relu_matmul_fwd_##T(const T* x, const T* wp, T* h, T* y, T* scra
                                     int stream) {                                               \
     (void)scratch; (void)stream;                                                                \
     for (ptrdiff_t r = 0; r < n; r++) {                                                         \
-        for (ptrdiff_t j = 0; j < k; j++) { T v = x[r * k + j]; h[r * k + j] = v <= 0 ? 0 : v; }\
+        opk_relu_##T(x + r * k, h + r * k, k);                                                  \
         for (ptrdiff_t o = 0; o < c; o++) {                                                     \
             T s = 0;                                                                            \
             for (ptrdiff_t j = 0; j < k; j++) s += h[r * k + j] * wp[j * cp + o];               \

@@ -87,17 +87,23 @@ def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: np.ndarray,
 def _relu_matmul_forward_on(module, x, W, out_h, out_y, stream=None):
     """:func:`relu_matmul_forward` on a given compiled ``module`` (a CPU variant), unchecked;
     ``stream``: write ``out_h`` past the caches (default: from :data:`STREAM_MIN_BYTES`)."""
-    k, c = W.shape
-    lanes = module.RELU_MATMUL_LANES[x.dtype.name]
-    cp = -(-c // lanes) * lanes
-    wp = np.zeros((k, cp), x.dtype)  # W's rows padded to whole vectors
-    wp[:, :c] = W
+    wp = _padded_rows(module, W)
+    k, cp = wp.shape
     # per thread: 4 rows of h (when streamed) and 4 rows of y
     work = np.empty((module.get_num_threads(), 4 * (k + cp)), x.dtype)
     if stream is None:
         stream = out_h.nbytes >= STREAM_MIN_BYTES
     module.relu_matmul_forward(x, wp, out_h, out_y, work, stream)
     return out_h, out_y
+
+
+def _padded_rows(module, a):
+    """A copy of the 2-D ``a`` with its rows zero-padded to whole vectors of ``module``."""
+    lanes = module.RELU_MATMUL_LANES[a.dtype.name]
+    rows, cols = a.shape
+    out = np.zeros((rows, -(-cols // lanes) * lanes), a.dtype)
+    out[:, :cols] = a
+    return out
 
 
 def relu_matmul_backward(g: np.ndarray, h: np.ndarray, W: np.ndarray, out_dh: np.ndarray,
@@ -114,11 +120,10 @@ def relu_matmul_backward(g: np.ndarray, h: np.ndarray, W: np.ndarray, out_dh: np
 
 def _relu_matmul_backward_on(module, g, h, W, out_dh, out_dW):
     """:func:`relu_matmul_backward` on a given compiled ``module`` (a CPU variant), unchecked."""
-    (n, c), k = g.shape, W.shape[0]
+    k = W.shape[0]
+    wt = _padded_rows(module, W.T)
+    c, kp = wt.shape
     lanes = module.RELU_MATMUL_LANES[g.dtype.name]
-    kp = -(-k // lanes) * lanes
-    wt = np.zeros((c, kp), g.dtype)
-    wt[:, :k] = W.T
     # per thread: its part of g^T @ h (c, kp), a block sum (c, kp), 4 rows of dh + lanes
     work = np.zeros((module.get_num_threads(), 2 * c * kp + 4 * k + lanes), g.dtype)
     module.relu_matmul_backward(g, h, wt, out_dh, work, out_dh.nbytes >= STREAM_MIN_BYTES)
