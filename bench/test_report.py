@@ -42,6 +42,11 @@ def _record(group, impl, median):
             "stats": {"median": median, "iqr": median / 100, "min": median, "rounds": 5}}
 
 
+def _two_core_doc(benchmarks):
+    """A pytest-benchmark JSON of ``benchmarks`` from a 2-core machine, nothing else known."""
+    return {"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": benchmarks}
+
+
 def _run_doc(date, env, step_ms):
     """A pytest-benchmark JSON of a training-step run: cython-2t at step_ms, GEMMs at 60 ms."""
     return {"machine_info": {"opkernels": {"date": date, "cores": 2, "rows": 60_000, "env": env}},
@@ -156,7 +161,7 @@ def test_the_second_session_table_is_rendered_only_beside_its_run(tmp_path, caps
     path.write_text(json.dumps(spin))
     assert report.spin_section(path, _main_results(dict(report.SPIN_ENV))) == ""  # set in both
     assert "do not differ" in capsys.readouterr().err
-    undated = report.Results({"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": []})
+    undated = report.Results(_two_core_doc([]))
     path.write_text(json.dumps({k: v for k, v in spin.items() if k != report.SPIN_STAMP}))
     assert report.spin_section(path, undated) == ""  # no stamp and no date do not match
     assert "no date" in capsys.readouterr().err
@@ -188,7 +193,7 @@ def _paired(impl, kernel_ms, copy_ms, ratio, ratio_iqr=0.0, **peers):
 
 
 def _checks(benchmarks, best=False):
-    res = report.Results({"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": benchmarks})
+    res = report.Results(_two_core_doc(benchmarks))
     _, records = report.op_tables(res)
     return {name: (detail, ok) for name, detail, ok in report.targets(records, {}, res, best=best)}
 
@@ -239,7 +244,7 @@ def test_peer_targets_of_relu_use_the_alternating_rounds_when_there():
     both += unpaired  # the op row the checks hang on
     assert _checks(both)[name] == ("1.11x (alternating rounds)", True)
     assert _checks(both, best=True)[name] == ("0.83x (alternating rounds)", False)
-    md = report.paired_table(report.Results({"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": paired}))
+    md = report.paired_table(report.Results(_two_core_doc(paired)))
     assert "| op | dtype | threads | cython | copy | tensorflow | torch | cython / copy, per round |" in md, md
     assert "| relu forward | float64 | 2t | 1.90 | 2.00 | 2.50 | 1.94 | 0.95x | 0.80x | 0.98x |" in md, md
 
@@ -251,13 +256,13 @@ def test_a_ratio_that_rounds_to_its_limit_shows_more_decimals():
 
 
 def test_far_apart_softmax_is_set_beside_the_usual_logits():
-    doc = {"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": [
+    doc = _two_core_doc([
         _record("softmax-far-forward-float32", "cython-2t", 0.0003),
         _record("softmax-forward-float32", "cython-2t", 0.0002),
         _record("softmax-far-forward-float32", "numpy", 0.004),
         _record("softmax-forward-float32", "numpy", 0.001),
         _record("softmax-far-forward-float64", "numpy", 0.0036),  # no usual-logits time
-    ]}
+    ])
     noisy = _record("softmax-far-forward-float32", "tensorflow", 0.0005)
     noisy["stats"]["iqr"] = 0.0004
     doc["benchmarks"] += [noisy, _record("softmax-forward-float32", "tensorflow", 0.0005)]
@@ -273,14 +278,14 @@ def test_far_apart_softmax_is_set_beside_the_usual_logits():
 
 
 def test_second_layer_sets_one_pass_beside_separate_passes():
-    doc = {"machine_info": {"opkernels": {"cores": 2}}, "benchmarks": [
+    doc = _two_core_doc([
         _record("second-layer-forward-float32", "numpy", 0.0034),
         _record("second-layer-forward-float32", "separate-1t", 0.0025),
         _record("second-layer-forward-float32", "separate-2t", 0.0026),
         _record("second-layer-forward-float32", "cython-1t", 0.002),
         _record("second-layer-forward-float32", "cython-2t", 0.0013),
         _record("second-layer-backward-float64", "cython-2t", 0.003),  # the rest not measured
-    ]}
+    ])
     md = report.second_layer_table(report.Results(doc))
     lines = md.splitlines()
     assert lines[0] == ("| pass | numpy | separate 1t | separate 2t | one pass 1t | one pass 2t "
