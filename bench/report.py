@@ -822,12 +822,13 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
         parts += [
             "### The second layer in one pass",
             "",
-            "The model's `relu(h1) @ W2` on (60000, 100) x (100, 10), forward (`h1_relu` and "
-            "the logits) and backward (the gradient at `h1` and `W2_grad`), as "
-            "`pyops.MLP` runs it (`bench/test_second_layer.py`), median ms: *one pass*, the "
+            "The model's `relu(h1) @ W2` on (60000, 100) x (100, 10), forward (the logits, "
+            "`relu(h1)` not kept) and backward from `h1` (the gradient at `h1` and `W2_grad`), "
+            "as `pyops.MLP` runs it (`bench/test_second_layer.py`), median ms: *one pass*, the "
             "compiled table's `relu_matmul_forward`/`_backward`; *separate*, the same table with "
             "those kernels off, the compiled relu beside numpy's BLAS (two passes over the rows "
-            "forward, three backward; what the baseline build runs); *numpy*, the numpy table. "
+            "forward, writing `relu(h1)`, four backward; what the baseline build runs); *numpy*, "
+            "the numpy table. "
             "The thread counts are the kernels'; numpy's BLAS keeps its own in every column "
             f"({NOISY_MARK}: noisy rounds).",
             "",

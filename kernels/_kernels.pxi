@@ -551,57 +551,64 @@ cdef inline void _relu_matmul_fwd_range(const floating* x, const floating* wp, f
 
 def relu_matmul_forward(const floating[:, ::1] x,   # IN   (N, k)
                         const floating[:, ::1] wp,  # IN   (k, cp) W, zero-padded to the lanes
-                        floating[:, ::1] h,         # OUT  (N, k) relu(x)
-                        floating[:, ::1] y,         # OUT  (N, c) h @ W
+                        floating[:, ::1] h,         # OUT  (N, k) relu(x), or None: not kept
+                        floating[:, ::1] y,         # OUT  (N, c) relu(x) @ W
                         floating[:, ::1] work,      # OUT  (threads, 4 (k + cp)) scratch
                         bint stream):
-    """Fill h = relu(x) and y = h @ W; stream: write h past the caches (see _relu_matmul.h)."""
+    """Fill y = relu(x) @ W, and h = relu(x) unless h is None; stream: write h past the
+    caches (see _relu_matmul.h)."""
     cdef Py_ssize_t n = x.shape[0], k = x.shape[1], c = y.shape[1], cp = wp.shape[1]
     cdef Py_ssize_t step, start
     cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
     cdef int t
+    cdef floating* hp = NULL  # h's first value, NULL when h is not kept
     if n == 0:
         return
     if k == 0:  # sums of nothing
         y[:, :] = 0
         return
+    if h is not None:
+        hp = &h[0, 0]
     with nogil:
-        if c == 0:  # no outputs: relu alone
-            _run(RELU_FWD, &x[0, 0], NULL, 0, &h[0, 0], n * k, 1)
+        if c == 0:  # no outputs: relu alone, if h is kept
+            if hp != NULL:
+                _run(RELU_FWD, &x[0, 0], NULL, 0, hp, n * k, 1)
         elif nt == 1:
-            _relu_matmul_fwd_range(&x[0, 0], &wp[0, 0], &h[0, 0], &y[0, 0], &work[0, 0],
+            _relu_matmul_fwd_range(&x[0, 0], &wp[0, 0], hp, &y[0, 0], &work[0, 0],
                                    n, k, c, cp, stream)
         else:
             step = _chunk(n, nt, 4)  # whole 4-row blocks: h's streamed rows stay aligned
             for t in prange(nt, schedule="static", num_threads=nt):
                 start = t * step
                 if start < n:
-                    _relu_matmul_fwd_range(&x[start, 0], &wp[0, 0], &h[start, 0], &y[start, 0],
-                                           &work[t, 0], min(step, n - start), k, c, cp, stream)
+                    _relu_matmul_fwd_range(&x[start, 0], &wp[0, 0],
+                                           NULL if hp == NULL else hp + start * k,
+                                           &y[start, 0], &work[t, 0], min(step, n - start),
+                                           k, c, cp, stream)
 
 
-cdef inline void _relu_matmul_range(const floating* g, const floating* h, const floating* wt,
+cdef inline void _relu_matmul_range(const floating* g, const floating* x, const floating* wt,
                                     floating* dh, floating* work, Py_ssize_t n, Py_ssize_t k,
                                     Py_ssize_t kp, Py_ssize_t c, int stream) noexcept nogil:
     # work: acc (c * kp), blk (c * kp), scratch (4 * k + lanes)
     if floating is float:
-        opk_relu_matmul_bwd_float(g, h, wt, dh, work, work + c * kp, work + 2 * c * kp,
+        opk_relu_matmul_bwd_float(g, x, wt, dh, work, work + c * kp, work + 2 * c * kp,
                                   n, k, kp, c, stream)
     else:
-        opk_relu_matmul_bwd_double(g, h, wt, dh, work, work + c * kp, work + 2 * c * kp,
+        opk_relu_matmul_bwd_double(g, x, wt, dh, work, work + c * kp, work + 2 * c * kp,
                                    n, k, kp, c, stream)
 
 
 def relu_matmul_backward(const floating[:, ::1] g,   # IN   (N, c) grad_y
-                         const floating[:, ::1] h,   # IN   (N, k) relu(x)
+                         const floating[:, ::1] x,   # IN   (N, k) the relu's input (or relu(x))
                          const floating[:, ::1] wt,  # IN   (c, kp) W^T, zero-padded
-                         floating[:, ::1] dh,        # OUT  (N, k) (g @ W^T) * (h > 0)
+                         floating[:, ::1] dh,        # OUT  (N, k) (g @ W^T) * (x > 0)
                          floating[:, ::1] work,      # OUT  (threads, 2 c kp + 4 k + lanes), 0:
-                                                     #      rows start with g^T @ h (c, kp) parts
+                                                     #      rows start with g^T @ relu(x) parts
                          bint stream):
     """Fill dh and the first c * kp values of work's rows (one per thread, the rest 0), whose
-    sum is g^T @ h; stream: write dh past the caches (see _relu_matmul.h)."""
-    cdef Py_ssize_t n = g.shape[0], c = g.shape[1], k = h.shape[1], kp = wt.shape[1]
+    sum is g^T @ relu(x); stream: write dh past the caches (see _relu_matmul.h)."""
+    cdef Py_ssize_t n = g.shape[0], c = g.shape[1], k = x.shape[1], kp = wt.shape[1]
     cdef Py_ssize_t step, start
     cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
     cdef int t
@@ -612,14 +619,14 @@ def relu_matmul_backward(const floating[:, ::1] g,   # IN   (N, c) grad_y
         return
     with nogil:
         if nt == 1:
-            _relu_matmul_range(&g[0, 0], &h[0, 0], &wt[0, 0], &dh[0, 0], &work[0, 0],
+            _relu_matmul_range(&g[0, 0], &x[0, 0], &wt[0, 0], &dh[0, 0], &work[0, 0],
                                n, k, kp, c, stream)
         else:
             step = _chunk(n, nt, 4)  # whole 4-row blocks: dh's streamed rows stay aligned
             for t in prange(nt, schedule="static", num_threads=nt):
                 start = t * step
                 if start < n:
-                    _relu_matmul_range(&g[start, 0], &h[start, 0], &wt[0, 0], &dh[start, 0],
+                    _relu_matmul_range(&g[start, 0], &x[start, 0], &wt[0, 0], &dh[start, 0],
                                        &work[t, 0], min(step, n - start), k, kp, c, stream)
 
 

@@ -1,26 +1,28 @@
 /* y = relu(x) @ W in one pass over the rows, forward and backward (kernels/_kernels.pxi,
  * relu_matmul_forward and relu_matmul_backward).  For rows x (n, k), h = relu(x), W (k, c):
  *
- *   forward:   h = relu(x)  (n, k)  and  y = h @ W  (n, c)
- *   backward:  for grad_y g (n, c),
- *              dh = (g @ W^T) * (h > 0)      (n, k), the gradient at x
- *              dW^T += g^T @ h               (c, k), accumulated by the caller's threads
+ *   forward:   y = h @ W  (n, c), and h (n, k) if the caller keeps it (h may be NULL)
+ *   backward:  for grad_y g (n, c), from x again (the forward's input, or h: relu(h) = h),
+ *              dx = (g @ W^T) * (x > 0)      (n, k), the gradient at x
+ *              dW^T += g^T @ relu(x)         (c, k), accumulated by the caller's threads
  *
  * numpy needs two passes over the (n, k) arrays forward (relu, then BLAS reads h again) and
- * three backward (g @ W^T, h^T @ g, then the mask); here x or h is read once and h or dh
- * written once, streamed past the caches when it is large (the backward's dh is read next by
- * the X^T @ dh GEMM, from memory anyway).
+ * three backward (g @ W^T, h^T @ g, then the mask); here x is read once each way, h written
+ * at most once and dx once, streamed past the caches when they are large (the backward's dx
+ * is read next by the X^T @ dx GEMM, from memory anyway).  Taking x, not h, backward saves
+ * the forward's write of h, and x, read by the forward, may still be in the last-level cache.
  *
  * Layers: GCC vector types as wide as the -march level's registers (16, 32 or 64 bytes).
  * - forward, OPK_RELU_MATMUL_FWD: four rows at a time; relu of their 4 k contiguous values
- *   into h (or a scratch then streamed to h), then y's four rows as sums of broadcast h
- *   values times W's rows, vectorized along the c outputs (W zero-padded to (k, cp), cp = c
- *   rounded up to the lanes); a one-row loop for the last n % 4 rows.
- * - backward, OPK_RELU_MATMUL_BWD: four rows at a time (one load of W^T and of the
- *   accumulator per four rows) into a scratch of four rows, then copied or streamed to dh; the
- *   k % lanes tail chunk first, with full-width loads and stores (lanes past k read the next
- *   row, whose W^T is zero-padded, and spill into columns written next; zero-padded copies
- *   only at the end of h); a one-row loop for the last n % 4 rows.
+ *   into h, or into a scratch (then streamed to h, if h is kept); then y's four rows as sums
+ *   of broadcast h values times W's rows, vectorized along the c outputs (W zero-padded to
+ *   (k, cp), cp = c rounded up to the lanes); a one-row loop for the last n % 4 rows.
+ * - backward, OPK_RELU_MATMUL_BWD: relu applied to each vector of x as it is loaded; four
+ *   rows at a time (one load of W^T and of the accumulator per four rows) into a scratch of
+ *   four rows, then copied or streamed to dx; the k % lanes tail chunk first, with full-width
+ *   loads and stores (lanes past k read the next row, whose W^T is zero-padded, and spill
+ *   into columns written next; zero-padded copies only at the end of x); a one-row loop for
+ *   the last n % 4 rows.
  * Without GCC vector extensions (MSVC) the same functions are plain loops.
  *
  * Layout the caller provides.  Forward: wp = W zero-padded to (k, cp); scratch 4 * (k + cp)
@@ -99,30 +101,36 @@ OPK_RELU(double)
 #define OPK_RELU_MATMUL_BWD(T, V, VI)                                                           \
 static inline V opk_ld_##T(const T* p) { V v; memcpy(&v, p, sizeof v); return v; }             \
 static inline void opk_st_##T(T* p, V v) { memcpy(p, &v, sizeof v); }                          \
+/* relu(v), as opk_relu: lanes <= 0 (and -0.0) to +0.0, NaN kept; a bit mask, no branch */      \
+static inline V opk_relu_v_##T(V v) {                                                           \
+    V zero = {0};                                                                               \
+    return (V)((VI)v & ~(VI)(v <= zero));                                                       \
+}                                                                                               \
+static inline V opk_ldr_##T(const T* p) { return opk_relu_v_##T(opk_ld_##T(p)); }              \
 /* s * (h > 0), as a product (NaN in s stays NaN, -0.0 as numpy's g * (x > 0)) */               \
 static inline V opk_mask_##T(V s, V h) {                                                        \
     V zero = {0};                                                                               \
     VI one = (h > zero) & 1;                                                                    \
     return s * __builtin_convertvector(one, V);                                                 \
 }                                                                                               \
-/* one row: dh[0:k], and blk += g x h */                                                       \
-static inline void opk_rm_row_##T(const T* g, const T* h, const T* wt, T* dh, T* blk,          \
+/* one row: dx[0:k], and blk += g x relu(x) */                                                 \
+static inline void opk_rm_row_##T(const T* g, const T* x, const T* wt, T* dx, T* blk,          \
                                   ptrdiff_t k, ptrdiff_t kp, ptrdiff_t c) {                     \
     enum { L = OPK_RM_LANES_##T };                                                              \
     ptrdiff_t kv = k / L * L;                                                                   \
     T hp[L], sp[L];                                                                             \
     for (ptrdiff_t jb = 0; jb < kp; jb += L) {                                                  \
         V hv, s = {0};                                                                          \
-        if (jb < kv) hv = opk_ld_##T(h + jb);                                                   \
-        else { memset(hp, 0, sizeof hp); memcpy(hp, h + jb, (size_t)(k - jb) * sizeof(T));     \
-               hv = opk_ld_##T(hp); }                                                           \
+        if (jb < kv) hv = opk_ldr_##T(x + jb);                                                  \
+        else { memset(hp, 0, sizeof hp); memcpy(hp, x + jb, (size_t)(k - jb) * sizeof(T));     \
+               hv = opk_ldr_##T(hp); }                                                          \
         for (ptrdiff_t o = 0; o < c; o++) {                                                     \
             s += g[o] * opk_ld_##T(wt + o * kp + jb);                                           \
             opk_st_##T(blk + o * kp + jb, opk_ld_##T(blk + o * kp + jb) + g[o] * hv);           \
         }                                                                                       \
         s = opk_mask_##T(s, hv);                                                                \
-        if (jb < kv) opk_st_##T(dh + jb, s);                                                    \
-        else { opk_st_##T(sp, s); memcpy(dh + jb, sp, (size_t)(k - jb) * sizeof(T)); }          \
+        if (jb < kv) opk_st_##T(dx + jb, s);                                                    \
+        else { opk_st_##T(sp, s); memcpy(dx + jb, sp, (size_t)(k - jb) * sizeof(T)); }          \
     }                                                                                           \
 }                                                                                               \
 /* one chunk of L columns [jb, jb + L) of four rows: results into out (row stride k, full   \
@@ -144,39 +152,39 @@ static inline void opk_rm_chunk4_##T(const T* g0, ptrdiff_t c, V a0, V a1, V a2,
     opk_st_##T(out + 2 * k + jb, opk_mask_##T(s2, a2));                                         \
     opk_st_##T(out + 3 * k + jb, opk_mask_##T(s3, a3));                                         \
 }                                                                                               \
-/* scratch: 4 * k + L values; dh's four rows are computed there, then copied (or streamed) */  \
-static void opk_relu_matmul_bwd_##T(const T* g, const T* h, const T* wt, T* dh,                \
+/* scratch: 4 * k + L values; dx's four rows are computed there, then copied (or streamed) */  \
+static void opk_relu_matmul_bwd_##T(const T* g, const T* x, const T* wt, T* dx,                \
                                     T* acc, T* blk, T* scratch, ptrdiff_t n, ptrdiff_t k,      \
                                     ptrdiff_t kp, ptrdiff_t c, int stream) {                    \
     enum { L = OPK_RM_LANES_##T };                                                              \
     ptrdiff_t kv = k / L * L, r = 0, since = 0;                                                 \
     T hp[4][L];                                                                                 \
-    stream = stream && ((uintptr_t)dh % 16 == 0);                                               \
+    stream = stream && ((uintptr_t)dx % 16 == 0);                                               \
     for (; r + 4 <= n; r += 4) {                                                                \
-        const T* h0 = h + r * k;                                                                \
+        const T* x0 = x + r * k;                                                                \
         if (kv < k) {  /* the tail chunk first: its spill lands on columns written next */    \
             V a[4];                                                                             \
-            if ((r + 3) * k + kp <= n * k) {  /* full loads stay inside h (lanes past k are \
+            if ((r + 3) * k + kp <= n * k) {  /* full loads stay inside x (lanes past k are \
                                                  the next row's: their wt is 0, blk unused) */ \
-                for (int q = 0; q < 4; q++) a[q] = opk_ld_##T(h0 + q * k + kv);                 \
+                for (int q = 0; q < 4; q++) a[q] = opk_ldr_##T(x0 + q * k + kv);                \
             } else {                                                                            \
                 memset(hp, 0, sizeof hp);                                                       \
                 for (int q = 0; q < 4; q++) {                                                   \
-                    memcpy(hp[q], h0 + q * k + kv, (size_t)(k - kv) * sizeof(T));               \
-                    a[q] = opk_ld_##T(hp[q]);                                                   \
+                    memcpy(hp[q], x0 + q * k + kv, (size_t)(k - kv) * sizeof(T));               \
+                    a[q] = opk_ldr_##T(hp[q]);                                                  \
                 }                                                                               \
             }                                                                                   \
             opk_rm_chunk4_##T(g + r * c, c, a[0], a[1], a[2], a[3], wt, blk, scratch, kv, k, kp);\
         }                                                                                       \
         for (ptrdiff_t jb = 0; jb < kv; jb += L)                                                \
-            opk_rm_chunk4_##T(g + r * c, c, opk_ld_##T(h0 + jb), opk_ld_##T(h0 + k + jb),      \
-                              opk_ld_##T(h0 + 2 * k + jb), opk_ld_##T(h0 + 3 * k + jb),        \
+            opk_rm_chunk4_##T(g + r * c, c, opk_ldr_##T(x0 + jb), opk_ldr_##T(x0 + k + jb),     \
+                              opk_ldr_##T(x0 + 2 * k + jb), opk_ldr_##T(x0 + 3 * k + jb),      \
                               wt, blk, scratch, jb, k, kp);                                     \
-        if (stream) opk_stream_##T(dh + r * k, scratch, 4 * k);                                 \
-        else memcpy(dh + r * k, scratch, (size_t)(4 * k) * sizeof(T));                          \
+        if (stream) opk_stream_##T(dx + r * k, scratch, 4 * k);                                 \
+        else memcpy(dx + r * k, scratch, (size_t)(4 * k) * sizeof(T));                          \
         if ((since += 4) >= OPK_RM_BLOCK) { OPK_RM_FLUSH(T, acc, blk, c * kp); since = 0; }     \
     }                                                                                           \
-    for (; r < n; r++) opk_rm_row_##T(g + r * c, h + r * k, wt, dh + r * k, blk, k, kp, c);    \
+    for (; r < n; r++) opk_rm_row_##T(g + r * c, x + r * k, wt, dx + r * k, blk, k, kp, c);    \
     OPK_RM_FLUSH(T, acc, blk, c * kp);                                                          \
     if (stream) opk_stream_fence();                                                             \
 }
@@ -225,22 +233,23 @@ static inline void opk_rm_fwd_rows_##T(const T* hr, const T* wp, T* ys, T* y, in
         else for (ptrdiff_t o = 0; o < c; o++) y[q * c + o] = ys[q * cp + o];                  \
     }                                                                                           \
 }                                                                                               \
-/* scratch: 4 * (k + cp) values: four rows of h (when streamed) and of y */                    \
+/* scratch: 4 * (k + cp) values: four rows of h (streamed or not kept: h NULL) and of y */     \
 static void opk_relu_matmul_fwd_##T(const T* x, const T* wp, T* h, T* y, T* scratch,           \
                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t c, ptrdiff_t cp,        \
                                     int stream) {                                               \
     ptrdiff_t r = 0;                                                                            \
     T* ys = scratch + 4 * k;                                                                    \
-    stream = stream && ((uintptr_t)h % 16 == 0);                                                \
+    stream = stream && h && ((uintptr_t)h % 16 == 0);                                           \
     for (; r + 4 <= n; r += 4) {                                                                \
-        T* hr = stream ? scratch : h + r * k;                                                   \
+        T* hr = (stream || !h) ? scratch : h + r * k;                                           \
         opk_relu_##T(x + r * k, hr, 4 * k);                                                     \
         if (stream) opk_stream_##T(h + r * k, scratch, 4 * k);                                  \
         opk_rm_fwd_rows_##T(hr, wp, ys, y + r * c, 4, k, c, cp, (r + 3) * c + cp <= n * c);     \
     }                                                                                           \
     for (; r < n; r++) {                                                                        \
-        opk_relu_##T(x + r * k, h + r * k, k);                                                  \
-        opk_rm_fwd_rows_##T(h + r * k, wp, ys, y + r * c, 1, k, c, cp, r * c + cp <= n * c);    \
+        T* hr = h ? h + r * k : scratch;                                                        \
+        opk_relu_##T(x + r * k, hr, k);                                                         \
+        opk_rm_fwd_rows_##T(hr, wp, ys, y + r * c, 1, k, c, cp, r * c + cp <= n * c);           \
     }                                                                                           \
     if (stream) opk_stream_fence();                                                             \
 }
@@ -249,19 +258,20 @@ OPK_RELU_MATMUL_FWD(double, opk_vd)
 
 #else  /* plain loops: same results, no vectors, no streaming */
 #define OPK_RELU_MATMUL_BWD_PLAIN(T)                                                            \
-static void opk_relu_matmul_bwd_##T(const T* g, const T* h, const T* wt, T* dh,                \
+static void opk_relu_matmul_bwd_##T(const T* g, const T* x, const T* wt, T* dx,                \
                                     T* acc, T* blk, T* scratch, ptrdiff_t n, ptrdiff_t k,      \
                                     ptrdiff_t kp, ptrdiff_t c, int stream) {                    \
     ptrdiff_t since = 0;                                                                        \
     (void)scratch; (void)stream;                                                                \
     for (ptrdiff_t r = 0; r < n; r++) {                                                         \
         for (ptrdiff_t j = 0; j < k; j++) {                                                     \
-            T s = 0, hj = h[r * k + j];                                                         \
+            T s = 0, hj = x[r * k + j];                                                         \
+            hj = hj <= 0 ? 0 : hj;                                                              \
             for (ptrdiff_t o = 0; o < c; o++) {                                                 \
                 s += g[r * c + o] * wt[o * kp + j];                                             \
                 blk[o * kp + j] += g[r * c + o] * hj;                                           \
             }                                                                                   \
-            dh[r * k + j] = s * (T)(hj > 0);                                                    \
+            dx[r * k + j] = s * (T)(hj > 0);                                                    \
         }                                                                                       \
         if (++since >= OPK_RM_BLOCK) { OPK_RM_FLUSH(T, acc, blk, c * kp); since = 0; }          \
     }                                                                                           \
@@ -273,12 +283,13 @@ OPK_RELU_MATMUL_BWD_PLAIN(double)
 static void opk_relu_matmul_fwd_##T(const T* x, const T* wp, T* h, T* y, T* scratch,           \
                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t c, ptrdiff_t cp,        \
                                     int stream) {                                               \
-    (void)scratch; (void)stream;                                                                \
+    (void)stream;                                                                               \
     for (ptrdiff_t r = 0; r < n; r++) {                                                         \
-        opk_relu_##T(x + r * k, h + r * k, k);                                                  \
+        T* hr = h ? h + r * k : scratch;                                                        \
+        opk_relu_##T(x + r * k, hr, k);                                                         \
         for (ptrdiff_t o = 0; o < c; o++) {                                                     \
             T s = 0;                                                                            \
-            for (ptrdiff_t j = 0; j < k; j++) s += h[r * k + j] * wp[j * cp + o];               \
+            for (ptrdiff_t j = 0; j < k; j++) s += hr[j] * wp[j * cp + o];                     \
             y[r * c + o] = s;                                                                   \
         }                                                                                       \
     }                                                                                           \

@@ -6,7 +6,7 @@ flat (elementwise ops) or (N, c) C-contiguous views.  The op classes in
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -73,13 +73,13 @@ def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:
 STREAM_MIN_BYTES = 8 << 20
 
 
-def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: np.ndarray,
-                        out_y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray],
+                        out_y: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:
     """As :func:`pyops._numpy_kernels.relu_matmul_forward`, in one pass over the rows."""
     relu_matmul_forward_inputs("relu_matmul_forward", x, W, out_h, out_y)
     if not _k.RELU_MATMUL_FUSED:  # this build's one-pass kernel is slower: relu, then BLAS
-        relu_forward(x, out_h)
-        np.matmul(out_h, W, out=out_y)
+        h = relu_forward(x, np.empty_like(x) if out_h is None else out_h)
+        np.matmul(h, W, out=out_y)
         return out_h, out_y
     return _relu_matmul_forward_on(_k, x, W, out_h, out_y)
 
@@ -89,10 +89,10 @@ def _relu_matmul_forward_on(module, x, W, out_h, out_y, stream=None):
     ``stream``: write ``out_h`` past the caches (default: from :data:`STREAM_MIN_BYTES`)."""
     wp = _padded_rows(module, W)
     k, cp = wp.shape
-    # per thread: 4 rows of h (when streamed) and 4 rows of y
+    # per thread: 4 rows of h (streamed or not kept) and 4 rows of y
     work = np.empty((module.get_num_threads(), 4 * (k + cp)), x.dtype)
     if stream is None:
-        stream = out_h.nbytes >= STREAM_MIN_BYTES
+        stream = out_h is not None and out_h.nbytes >= STREAM_MIN_BYTES
     module.relu_matmul_forward(x, wp, out_h, out_y, work, stream)
     return out_h, out_y
 
@@ -106,33 +106,34 @@ def _padded_rows(module, a):
     return out
 
 
-def relu_matmul_backward(g: np.ndarray, h: np.ndarray, W: np.ndarray, out_dh: np.ndarray,
+def relu_matmul_backward(g: np.ndarray, x: np.ndarray, W: np.ndarray, out_dx: np.ndarray,
                          out_dW: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """As :func:`pyops._numpy_kernels.relu_matmul_backward`, in one pass over the rows."""
-    relu_matmul_inputs("relu_matmul_backward", g, h, W, out_dh, out_dW)
-    if not _k.RELU_MATMUL_FUSED:  # this build's one-pass kernel is slower: three passes
-        np.matmul(g, W.T, out=out_dh)
-        relu_backward(h, out_dh, out_dh)
-        np.matmul(h.T, g, out=out_dW)
-        return out_dh, out_dW
-    return _relu_matmul_backward_on(_k, g, h, W, out_dh, out_dW)
+    """As :func:`pyops._numpy_kernels.relu_matmul_backward`, in one pass over the rows: relu
+    is applied to ``x`` as it is read."""
+    relu_matmul_inputs("relu_matmul_backward", g, x, W, out_dx, out_dW)
+    if not _k.RELU_MATMUL_FUSED:  # this build's one-pass kernel is slower: four passes
+        np.matmul(relu_forward(x, out_dx).T, g, out=out_dW)  # out_dx: relu(x) until the next line
+        np.matmul(g, W.T, out=out_dx)
+        relu_backward(x, out_dx, out_dx)
+        return out_dx, out_dW
+    return _relu_matmul_backward_on(_k, g, x, W, out_dx, out_dW)
 
 
-def _relu_matmul_backward_on(module, g, h, W, out_dh, out_dW):
+def _relu_matmul_backward_on(module, g, x, W, out_dx, out_dW):
     """:func:`relu_matmul_backward` on a given compiled ``module`` (a CPU variant), unchecked."""
     k = W.shape[0]
     wt = _padded_rows(module, W.T)
     c, kp = wt.shape
     lanes = module.RELU_MATMUL_LANES[g.dtype.name]
-    # per thread: its part of g^T @ h (c, kp), a block sum (c, kp), 4 rows of dh + lanes
+    # per thread: its part of g^T @ relu(x) (c, kp), a block sum (c, kp), 4 rows of dx + lanes
     work = np.zeros((module.get_num_threads(), 2 * c * kp + 4 * k + lanes), g.dtype)
-    module.relu_matmul_backward(g, h, wt, out_dh, work, out_dh.nbytes >= STREAM_MIN_BYTES)
+    module.relu_matmul_backward(g, x, wt, out_dx, work, out_dx.nbytes >= STREAM_MIN_BYTES)
     # thread parts added in thread order: a given thread count gives the same sum every call
     total = work[0, :c * kp].copy()
     for part in work[1:, :c * kp]:
         total += part
     out_dW[...] = total.reshape(c, kp)[:, :k].T
-    return out_dh, out_dW
+    return out_dx, out_dW
 
 
 def adam_workspace(p: np.ndarray) -> None:

@@ -138,12 +138,13 @@ def _required(where: str, **outputs: Any) -> None:
 
 def relu_matmul_forward_inputs(where: str, x: Any, W: Any, out_h: Any, out_y: Any) -> None:
     """Check the arrays of a ``relu_matmul_forward``: ``x`` (N, k) and ``W`` (k, c)
-    C-contiguous ndarrays of one float dtype (float32 or float64); ``out_h`` (N, k) and
-    ``out_y`` (N, c) writeable, C-contiguous, of that dtype, sharing no memory with the inputs
-    or each other (the loop reads ``W`` and ``out_h`` after it began writing)."""
+    C-contiguous ndarrays of one float dtype (float32 or float64); ``out_y`` (N, c), and
+    ``out_h`` (N, k) unless it is None (h not kept), writeable, C-contiguous, of that dtype,
+    sharing no memory with the inputs or each other (the loop reads ``W`` and ``out_h`` after
+    it began writing)."""
     arrays = {"x": x, "W": W}
     dtype = _matrices(where, arrays)
-    _required(where, out_h=out_h, out_y=out_y)
+    _required(where, out_y=out_y)
     (n, k), c = x.shape, W.shape[1]
     if W.shape[0] != k:
         raise ValueError(f"{where}: shapes must be x (N, k), W (k, c); got x {x.shape}, "
@@ -152,20 +153,20 @@ def relu_matmul_forward_inputs(where: str, x: Any, W: Any, out_h: Any, out_y: An
     check_out(where, out_y, (n, c), dtype, name="out_y", kept={**arrays, "out_h": out_h})
 
 
-def relu_matmul_inputs(where: str, g: Any, h: Any, W: Any, out_dh: Any, out_dW: Any) -> None:
-    """Check the arrays of a ``relu_matmul_backward``: ``g`` (N, c), ``h`` (N, k) and ``W``
-    (k, c) C-contiguous ndarrays of one float dtype (float32 or float64); ``out_dh`` (N, k)
+def relu_matmul_inputs(where: str, g: Any, x: Any, W: Any, out_dx: Any, out_dW: Any) -> None:
+    """Check the arrays of a ``relu_matmul_backward``: ``g`` (N, c), ``x`` (N, k) and ``W``
+    (k, c) C-contiguous ndarrays of one float dtype (float32 or float64); ``out_dx`` (N, k)
     and ``out_dW`` (k, c) writeable, C-contiguous, of that dtype, sharing no memory with the
     inputs or each other (the loop reads every input after it began writing)."""
-    arrays = {"g": g, "h": h, "W": W}
+    arrays = {"g": g, "x": x, "W": W}
     dtype = _matrices(where, arrays)
-    _required(where, out_dh=out_dh, out_dW=out_dW)
+    _required(where, out_dx=out_dx, out_dW=out_dW)
     (n, c), k = g.shape, W.shape[0]
-    if h.shape[0] != n or W.shape[1] != c or h.shape[1] != k:
-        raise ValueError(f"{where}: shapes must be g (N, c), h (N, k), W (k, c); got "
-                         f"g {g.shape}, h {h.shape}, W {W.shape}")
-    check_out(where, out_dh, (n, k), dtype, name="out_dh", kept=arrays)
-    check_out(where, out_dW, (k, c), dtype, name="out_dW", kept={**arrays, "out_dh": out_dh})
+    if x.shape[0] != n or W.shape[1] != c or x.shape[1] != k:
+        raise ValueError(f"{where}: shapes must be g (N, c), x (N, k), W (k, c); got "
+                         f"g {g.shape}, x {x.shape}, W {W.shape}")
+    check_out(where, out_dx, (n, k), dtype, name="out_dx", kept=arrays)
+    check_out(where, out_dW, (k, c), dtype, name="out_dW", kept={**arrays, "out_dx": out_dx})
 
 
 def check_out(

@@ -7,7 +7,7 @@ same functions, compiled; the op classes never know which one they call.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Tuple, TypeVar
+from typing import Callable, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -129,29 +129,32 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 
 
 @_ieee
-def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: np.ndarray,
-                        out_y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The forward pass of ``y = relu(x) @ W``: ``out_h = relu(x)`` and ``out_y = out_h @ W``.
-    What ``Relu.forward`` then ``Matmul.forward`` compute, with no op class in front
-    (:meth:`pyops.MLP.forward` calls it): the arguments are checked here."""
+def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray],
+                        out_y: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:
+    """The forward pass of ``y = relu(x) @ W``: ``out_y = relu(x) @ W``, and ``out_h =
+    relu(x)`` unless ``out_h`` is None (then ``relu(x)`` lives in a temporary here; the
+    compiled kernel keeps only a few rows of it).  What ``Relu.forward`` then
+    ``Matmul.forward`` compute, with no op class in front (:meth:`pyops.MLP.forward` calls
+    it): the arguments are checked here."""
     relu_matmul_forward_inputs("relu_matmul_forward", x, W, out_h, out_y)
-    relu_forward(x, out_h)
-    np.matmul(out_h, W, out=out_y)
+    h = relu_forward(x, np.empty_like(x) if out_h is None else out_h)
+    np.matmul(h, W, out=out_y)
     return out_h, out_y
 
 
 @_ieee
-def relu_matmul_backward(g: np.ndarray, h: np.ndarray, W: np.ndarray, out_dh: np.ndarray,
+def relu_matmul_backward(g: np.ndarray, x: np.ndarray, W: np.ndarray, out_dx: np.ndarray,
                          out_dW: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The backward pass of ``y = relu(x) @ W`` for ``h = relu(x)``: ``out_dh = (g @ W.T) *
-    (h > 0)`` (the gradient at ``x``; ``h > 0`` exactly where ``x > 0``) and ``out_dW = h.T @
-    g``.  What ``Matmul.backward`` then ``Relu.backward`` compute, with no op class in front
-    (:meth:`pyops.MLP.backward` calls it): the arguments are checked here."""
-    relu_matmul_inputs("relu_matmul_backward", g, h, W, out_dh, out_dW)
-    np.matmul(g, W.T, out=out_dh)
-    relu_backward(h, out_dh, out_dh)
-    np.matmul(h.T, g, out=out_dW)
-    return out_dh, out_dW
+    """The backward pass of ``y = relu(x) @ W``: ``out_dx = (g @ W.T) * (x > 0)`` (the
+    gradient at ``x``) and ``out_dW = relu(x).T @ g``.  ``x`` is the forward's input; its
+    output ``h = relu(x)`` gives the same results (``relu(h) = h``, ``h > 0`` exactly where
+    ``x > 0``).  What ``Matmul.backward`` then ``Relu.backward`` compute, with no op class
+    in front (:meth:`pyops.MLP.backward` calls it): the arguments are checked here."""
+    relu_matmul_inputs("relu_matmul_backward", g, x, W, out_dx, out_dW)
+    np.matmul(relu_forward(x, out_dx).T, g, out=out_dW)  # out_dx holds relu(x) until the next line
+    np.matmul(g, W.T, out=out_dx)
+    relu_backward(x, out_dx, out_dx)
+    return out_dx, out_dW
 
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:

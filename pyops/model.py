@@ -158,12 +158,18 @@ class _Buffers:
     def __init__(self, n: int, n_in: int, n_hidden: int, n_out: int, dtype: np.dtype) -> None:
         self.n, self.n_in, self.dtype = n, n_in, dtype
         self.h1 = np.empty((n, n_hidden), dtype)
-        self.h1_relu = np.empty((n, n_hidden), dtype)
         self.h2 = np.empty((n, n_out), dtype)
         self.grad_hidden = np.empty((n, n_hidden), dtype)  # h1_relu_grad (= h2_grad)
         self.grad_logits = np.empty((n, n_out), dtype)      # h2_soft_grad
         self._notebook: Optional[Tuple[np.ndarray, ...]] = None
         self._x: Optional[np.ndarray] = None
+        self._h1_relu: Optional[np.ndarray] = None
+
+    def h1_relu(self) -> np.ndarray:
+        """The buffer of ``relu(h1)``, made only if someone asks for ``MLP.h1_relu``."""
+        if self._h1_relu is None:
+            self._h1_relu = np.empty_like(self.h1)
+        return self._h1_relu
 
     def notebook(self) -> Tuple[np.ndarray, ...]:
         """``(h2_soft, h2_log, -label, h2_log_grad)`` buffers of the notebook loss."""
@@ -230,8 +236,10 @@ class MLP:
     h1, h1_relu, h2, h2_soft, h2_log : numpy.ndarray
         Activations of the last :meth:`forward`; buffers overwritten by the next
         call with the same batch size.  ``h2_soft``/``h2_log`` are None in
-        ``"xent"`` mode.  ``h1_relu`` and ``h2`` come from one pass over the rows
-        (``relu_matmul_forward`` of the backend's kernel table).
+        ``"xent"`` mode.  ``h2`` comes from ``h1`` in one pass over the rows
+        (``relu_matmul_forward`` of the backend's kernel table), which does not
+        keep ``relu(h1)``: ``h1_relu`` is computed when first read after a
+        forward (backward reads ``h1`` again instead).
     h2_log_grad, h2_soft_grad, h2_grad, h1_relu_grad : numpy.ndarray
         Gradients of the last :meth:`backward`, named as in the notebook (each
         is what the op of that name returned: ``h2_soft_grad`` is the gradient
@@ -312,7 +320,8 @@ class MLP:
         self._cache: Dict[int, _Buffers] = {}
         self._last: Optional[_Buffers] = None   # buffers of the last forward
         self._xent_labels: Any = None           # labels the fused op last saw in forward
-        self.h1 = self.h1_relu = self.h2 = None
+        self.h1 = self.h2 = None
+        self._h1_relu_fresh = False             # whether h1_relu's buffer holds relu(h1)
         self.h2_soft = self.h2_log = None
         self.h2_log_grad = self.h2_soft_grad = self.h2_grad = self.h1_relu_grad = None
         self.h1_grad = None
@@ -484,8 +493,9 @@ class MLP:
         self.h1 = self.mul_h1.forward(X, self._W1, out=b.h1)
         # Relu.forward then Matmul.forward in one pass over the (N, n_hidden) rows on the
         # compiled backend; the same numpy calls on numpy
-        self._kernels.relu_matmul_forward(self.h1, self._W2, b.h1_relu, b.h2)
-        self.h1_relu, self.h2 = b.h1_relu, b.h2
+        self._kernels.relu_matmul_forward(self.h1, self._W2, None, b.h2)
+        self.h2 = b.h2
+        self._h1_relu_fresh = False
         if self.loss_mode == "notebook":
             soft, log, _, _ = b.notebook()
             self.h2_soft = self.softmax.forward(self.h2, out=soft)
@@ -521,12 +531,24 @@ class MLP:
                 self.xent.forward(self.h2, Y)
             self.h2_log_grad = None
             self.h2_soft_grad = self.xent.backward(1.0, out=b.grad_logits)
-        # Matmul.backward then Relu.backward in one pass over the (N, n_hidden) rows on the
-        # compiled backend (three passes through BLAS and relu); the same numpy calls on numpy
-        self._kernels.relu_matmul_backward(self.h2_soft_grad, self.h1_relu, self._W2,
+        # Matmul.backward then Relu.backward from h1 in one pass over the (N, n_hidden) rows
+        # on the compiled backend (relu(h1) again, as it reads h1); numpy calls on numpy
+        self._kernels.relu_matmul_backward(self.h2_soft_grad, self.h1, self._W2,
                                            b.grad_hidden, self._W2_grad)
         self.h2_grad = self.h1_relu_grad = b.grad_hidden
         self.h1_grad, _ = self.mul_h1.backward(self.h1_relu_grad, out=(None, self._W1_grad))
+
+    @property
+    def h1_relu(self) -> Optional[np.ndarray]:
+        """``relu(h1)`` of the last forward (None before one): a buffer, filled when first
+        read after each forward, since the passes themselves do not need it kept."""
+        b = self._last
+        if b is None:
+            return None
+        if not self._h1_relu_fresh:
+            self._kernels.relu_forward(b.h1, b.h1_relu())
+            self._h1_relu_fresh = True
+        return b.h1_relu()
 
     def scores(self) -> np.ndarray:
         """The last forward's class scores (a buffer): ``h2_log``, or the logits ``h2`` in xent mode."""

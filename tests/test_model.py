@@ -165,6 +165,26 @@ def test_hidden_buffers_are_reused_between_steps(backend):
     assert model.h1_relu_grad is model.h2_grad, "relu backward runs in place"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_h1_relu_is_relu_of_the_last_forward(backend):
+    """The passes do not keep relu(h1) (backward reads h1 again): h1_relu is filled when read,
+    from the last forward of whatever batch size, and never before a forward."""
+    model = MLP(backend, seed=0, **TINY)
+    assert model.h1_relu is None
+    x, y = _data()
+    model.forward(x, y)
+    assert model._last._h1_relu is None, "no buffer for relu(h1) until someone reads it"
+    first = model.h1_relu
+    np.testing.assert_array_equal(first, np.maximum(model.h1, 0))
+    assert (model.h1 < 0).any() and (first == 0).any()
+    assert model.h1_relu is first  # the same buffer, not recomputed into a new array
+    model.forward(-x, y)
+    np.testing.assert_array_equal(model.h1_relu, np.maximum(model.h1, 0))
+    model.forward(x[:5], y[:5])  # another batch size: its own buffers
+    np.testing.assert_array_equal(model.h1_relu, np.maximum(model.h1, 0))
+    assert model.h1_relu.shape == (5, TINY["n_hidden"])
+
+
 def test_input_gradient_is_not_computed(monkeypatch):
     model = MLP("numpy", seed=0, **TINY)
     assert model.mul_h1.input_grad is False
@@ -180,8 +200,8 @@ def test_input_gradient_is_not_computed(monkeypatch):
     monkeypatch.setattr(np, "matmul", spy)
     model.backward(y)
     monkeypatch.undo()
-    # layer 2: G W2^T and h1_relu^T G; layer 1: only X^T G (never G W1^T of shape (N, 7)).
-    assert calls == [((12, 4), (4, 5)), ((5, 12), (12, 4)), ((7, 12), (12, 5))]
+    # layer 2: relu(h1)^T G and G W2^T; layer 1: only X^T G (never G W1^T of shape (N, 7)).
+    assert calls == [((5, 12), (12, 4)), ((12, 4), (4, 5)), ((7, 12), (12, 5))]
     assert model.h1_grad is None
 
 
