@@ -841,7 +841,8 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "",
             "One full-batch step (forward, loss and accuracy, backward for W1 and W2, SGD update) of "
             "the 785-100-10 network on synthetic MNIST-shaped data; *GEMM floor*: `X @ W1` and "
-            "`X.T @ G` alone with numpy's BLAS. Medians of at least "
+            "`X.T @ G` alone with numpy's BLAS, `W1` and its gradient F-contiguous as the model "
+            "keeps them. Medians of at least "
             f"{min(n for g, r in res.rounds.items() if g.startswith('train-step') for n in r.values())} "
             "rounds each. *rest in step* (this package's steps only): each step's time less that "
             "of its own two large products, timed inside it, median over the same timed rounds: "

@@ -21,7 +21,8 @@ Group ``train-step-<dtype>``:
     PyTorch eager with autograd (``torch.autograd.grad``) and an in-place update.
 ``gemm-floor``
     **Not a step**: the two large products alone, ``X @ W1`` and ``X.T @ G``
-    (60000 x 785 x 100 each) with numpy's BLAS and ``out=``: what a step cannot go below.
+    (60000 x 785 x 100 each) with numpy's BLAS and ``out=``, ``W1`` and the gradient in the
+    model's layout (F-contiguous): what a step cannot go below.
 
 After timing, each implementation runs one step from the initial weights and its updated
 weights are checked against a float64 numpy reference (correctness only).
@@ -85,6 +86,13 @@ class Data:
 
 
 _DATA: Dict[str, Data] = {}
+
+
+def model_layout_w1(W1: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``W1`` and an empty gradient for it in the layout :class:`pyops.MLP` keeps them in
+    (F-contiguous: numpy's BLAS writes ``X.T @ G`` into it fastest), so that the GEMM floor
+    runs the step's own two products."""
+    return np.asfortranarray(W1), np.empty(W1.shape, W1.dtype, order="F")
 
 
 def _chunked_xT_g(x: np.ndarray, g: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -239,10 +247,10 @@ def test_train_step(benchmark, request, use_threads, dtype, impl):
 
     if family == "gemm-floor":
         G = np.random.default_rng(1).standard_normal((N, HIDDEN)).astype(dtype)
-        h1, gW1 = np.empty((N, HIDDEN), dtype), np.empty_like(d.W1)
+        h1, W1, gW1 = np.empty((N, HIDDEN), dtype), *model_layout_w1(d.W1)
 
         def gemms():
-            np.matmul(d.X, d.W1, out=h1)
+            np.matmul(d.X, W1, out=h1)
             np.matmul(d.X.T, G, out=gW1)
 
         if not benchmark.disabled:
@@ -348,10 +356,10 @@ def test_train_step_parts(benchmark, use_threads, dtype, impl):
 
     if family == "gemm-slice":
         X, G = d.X[:SLICE], np.random.default_rng(1).standard_normal((SLICE, HIDDEN)).astype(dtype)
-        h1, gW1 = np.empty((SLICE, HIDDEN), dtype), np.empty_like(d.W1)
+        h1, W1, gW1 = np.empty((SLICE, HIDDEN), dtype), *model_layout_w1(d.W1)
 
         def gemms():
-            np.matmul(X, d.W1, out=h1)
+            np.matmul(X, W1, out=h1)
             np.matmul(X.T, G, out=gW1)
 
         benchmark.extra_info.update(threads=None, rows=SLICE, scale=N / SLICE,

@@ -177,11 +177,12 @@ def check_out(
     inputs: Tuple[np.ndarray, ...] = (),
     name: str = "out",
     kept: Optional[Dict[str, np.ndarray]] = None,
+    fortran_ok: bool = False,
 ) -> Optional[np.ndarray]:
     """Validate a caller-supplied output array, or pass ``None`` through.
 
     ``out`` must be a writeable, C-contiguous ndarray of exactly ``shape`` and
-    ``dtype``.  It may be one of ``inputs`` exactly (an in-place update), but
+    ``dtype`` (or F-contiguous, if ``fortran_ok``: BLAS writes either layout).  It may be one of ``inputs`` exactly (an in-place update), but
     must not partially overlap any of them: elementwise loops would then read
     values they already overwrote.  It must not share any memory with the
     arrays in ``kept`` (name -> array): those the op keeps in ``mem`` for
@@ -195,8 +196,9 @@ def check_out(
         raise TypeError(f"{where}: {name} must have dtype {dtype}, got {out.dtype}")
     if out.shape != tuple(shape):
         raise ValueError(f"{where}: {name} must have shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{where}: {name} must be C-contiguous (use np.empty(shape, dtype))")
+    if not (out.flags.c_contiguous or (fortran_ok and out.flags.f_contiguous)):
+        raise ValueError(f"{where}: {name} must be {'C- or F-' if fortran_ok else 'C-'}contiguous "
+                         f"(use np.empty(shape, dtype))")
     if not out.flags.writeable:
         raise ValueError(f"{where}: {name} is read-only")
     for a in inputs:

@@ -232,7 +232,9 @@ class MLP:
         Gradients of the last :meth:`backward` (views into :attr:`grads`,
         overwritten by the next backward).
     params, grads : numpy.ndarray
-        Flat storage of ``(W1, W2)`` and of their gradients.
+        Flat storage of ``(W1, W2)`` and of their gradients: ``W1.T`` row by row
+        (``W1`` and ``W1_grad`` are F-contiguous views, the layout in which
+        numpy's BLAS computes ``X.T @ G`` fastest here), then ``W2``.
     h1, h1_relu, h2, h2_soft, h2_log : numpy.ndarray
         Activations of the last :meth:`forward`; buffers overwritten by the next
         call with the same batch size.  ``h2_soft``/``h2_log`` are None in
@@ -311,9 +313,12 @@ class MLP:
         size = k + self.n_hidden * self.n_out
         self.params = np.zeros(size, self.dtype)
         self.grads = np.zeros(size, self.dtype)
-        self._W1 = self.params[:k].reshape(self.n_in + 1, self.n_hidden)
+        # W1 and its gradient are stored transposed (F-contiguous views): numpy's BLAS writes
+        # X.T @ G into that layout faster (full batch, this machine's OpenBLAS: 62 against 84
+        # ms in float64, 1.2 ms less for both products in float32), and reads W1 as fast.
+        self._W1 = self.params[:k].reshape(self.n_hidden, self.n_in + 1).T
         self._W2 = self.params[k:].reshape(self.n_hidden, self.n_out)
-        self._W1_grad = self.grads[:k].reshape(self._W1.shape)
+        self._W1_grad = self.grads[:k].reshape(self.n_hidden, self.n_in + 1).T
         self._W2_grad = self.grads[k:].reshape(self._W2.shape)
         self._init_weights(rng if rng is not None else np.random.default_rng(seed))
 
@@ -350,7 +355,8 @@ class MLP:
 
     @property
     def W1(self) -> np.ndarray:
-        """First-layer weights ``(n_in + 1, n_hidden)``; the last row is the bias."""
+        """First-layer weights ``(n_in + 1, n_hidden)``; the last row is the bias.  An
+        F-contiguous view: the storage holds ``W1.T`` (see :attr:`params`)."""
         return self._W1
 
     @W1.setter

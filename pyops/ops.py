@@ -99,7 +99,10 @@ class Matmul(Op):
     backward: ``dL/dX = G @ W.T`` (N, d) and ``dL/dW = X.T @ G`` (d, d'),
               from ``dL = tr(G^T dY)`` with ``dY = dX W + X dW``.
 
-    Both backends use numpy's BLAS for the products.
+    Both backends use numpy's BLAS for the products, so ``out=`` arrays may be
+    C- or F-contiguous: BLAS writes either layout, and which is faster depends on
+    the shapes (for ``x.T @ G`` with x (60000, 785) and G (60000, 100), numpy's
+    OpenBLAS here fills an F-contiguous ``grad_W`` 1.3x faster in float64).
 
     Parameters
     ----------
@@ -138,7 +141,7 @@ class Matmul(Op):
                 f"got {W.shape}"
             )
         shape = (x.shape[0], W.shape[1])
-        out = check_out(where, out, shape, x.dtype, kept={"x": x, "W": W})
+        out = check_out(where, out, shape, x.dtype, kept={"x": x, "W": W}, fortran_ok=True)
         self.mem = {"x": x, "W": W}
         return np.matmul(x, W, out=out)
 
@@ -163,11 +166,12 @@ class Matmul(Op):
             raise ValueError(f"{where}: out[0] must be None when input_grad=False")
         # nothing may alias: grad_W is computed after grad_x, from x and G
         gW_out = check_out(where, gW_out, W.shape, x.dtype, name="out[1]",
-                           kept={"x": x, "W": W, "grad_y": g})
+                           kept={"x": x, "W": W, "grad_y": g}, fortran_ok=True)
         grad_x = None
         if self.input_grad:
             gx_out = check_out(where, gx_out, x.shape, x.dtype, name="out[0]",
-                               kept={"x": x, "W": W, "grad_y": g, "out[1]": gW_out})
+                               kept={"x": x, "W": W, "grad_y": g, "out[1]": gW_out},
+                               fortran_ok=True)
             grad_x = np.matmul(g, W.T, out=gx_out)
         return grad_x, np.matmul(x.T, g, out=gW_out)
 

@@ -113,6 +113,25 @@ def test_out_is_filled_and_returned(ops, dtype, rng):
     assert res[0] is gx and res[1] is gW
 
 
+def test_matmul_fills_c_or_f_contiguous_out_alike(ops, dtype, rng):
+    """BLAS writes either layout, so Matmul takes both (the MLP keeps W1_grad F-contiguous);
+    the values are those of a C-contiguous out, and other layouts are refused."""
+    x, W = rng.normal(size=(30, 8)).astype(dtype), rng.normal(size=(8, 5)).astype(dtype)
+    g = rng.normal(size=(30, 5)).astype(dtype)
+    mm = ops.Matmul()
+    want_y = mm.forward(x, W)
+    want_gx, want_gW = mm.backward(g)
+    y, gx, gW = (np.empty(a.shape[::-1], dtype).T for a in (want_y, want_gx, want_gW))
+    assert y.flags.f_contiguous and not y.flags.c_contiguous
+    assert mm.forward(x, W, out=y) is y
+    assert mm.backward(g, out=(gx, gW)) == (gx, gW)
+    for got, want in ((y, want_y), (gx, want_gx), (gW, want_gW)):
+        np.testing.assert_allclose(got, want, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"])
+    strided = np.empty((8, 10), dtype)[:, ::2]
+    with pytest.raises(ValueError, match=r"^Matmul\.backward: out\[1\] must be C- or F-contiguous"):
+        mm.backward(g, out=(None, strided))
+
+
 @pytest.mark.parametrize("name", ["Relu", "Softmax", "Log"])
 def test_in_place_out(ops, dtype, rng, name):
     """Where in place is allowed, it gives the out-of-place results, and backward stays right."""

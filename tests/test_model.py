@@ -185,6 +185,25 @@ def test_h1_relu_is_relu_of_the_last_forward(backend):
     assert model.h1_relu.shape == (5, TINY["n_hidden"])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_w1_is_stored_transposed_in_params(backend):
+    """W1 and W1_grad are F-contiguous views of the first block of params / grads, which
+    holds W1.T row by row; the gradient lands there without a copy."""
+    model = MLP(backend, seed=0, **TINY)
+    k = (TINY["n_in"] + 1) * TINY["n_hidden"]
+    assert model.W1.flags.f_contiguous and model.W1_grad.flags.f_contiguous
+    assert np.shares_memory(model.W1, model.params[:k])
+    np.testing.assert_array_equal(model.params[:k], model.W1.T.reshape(-1))
+    np.testing.assert_array_equal(model.params[k:], model.W2.reshape(-1))
+    x, y = _data()
+    model.forward(x, y)
+    model.backward(y)
+    np.testing.assert_array_equal(model.grads[:k], model.W1_grad.T.reshape(-1))
+    X = model.prepare(x)
+    g = model.h1_relu_grad
+    np.testing.assert_allclose(model.W1_grad, X.T @ g, rtol=1e-12, atol=1e-12)
+
+
 def test_input_gradient_is_not_computed(monkeypatch):
     model = MLP("numpy", seed=0, **TINY)
     assert model.mul_h1.input_grad is False
