@@ -84,6 +84,12 @@ def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray
     return _relu_matmul_forward_on(_k, x, W, out_h, out_y)
 
 
+def relu_matmul_keeps_h() -> bool:
+    """As :func:`pyops._numpy_kernels.relu_matmul_keeps_h`: only where this build runs relu and
+    BLAS apart; the one-pass kernel needs four rows of ``relu(x)`` at a time."""
+    return not _k.RELU_MATMUL_FUSED
+
+
 def _relu_matmul_forward_on(module, x, W, out_h, out_y, stream=None):
     """:func:`relu_matmul_forward` on a given compiled ``module`` (a CPU variant), unchecked;
     ``stream``: write ``out_h`` past the caches (default: from :data:`STREAM_MIN_BYTES`)."""

@@ -182,8 +182,9 @@ def check_out(
     """Validate a caller-supplied output array, or pass ``None`` through.
 
     ``out`` must be a writeable, C-contiguous ndarray of exactly ``shape`` and
-    ``dtype`` (or F-contiguous, if ``fortran_ok``: BLAS writes either layout).  It may be one of ``inputs`` exactly (an in-place update), but
-    must not partially overlap any of them: elementwise loops would then read
+    ``dtype`` (or F-contiguous, if ``fortran_ok``: BLAS writes either layout).
+    It may be one of ``inputs`` exactly (an in-place update), but must not
+    partially overlap any of them: elementwise loops would then read
     values they already overwrote.  It must not share any memory with the
     arrays in ``kept`` (name -> array): those the op keeps in ``mem`` for
     backward, or reads again after ``out`` is written.

@@ -142,6 +142,12 @@ def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray
     return out_h, out_y
 
 
+def relu_matmul_keeps_h() -> bool:
+    """Whether :meth:`pyops.MLP.forward` should keep ``relu(x)``: here it is computed whole
+    anyway, so keeping it costs nothing and spares a temporary (N, k) array."""
+    return True
+
+
 @_ieee
 def relu_matmul_backward(g: np.ndarray, x: np.ndarray, W: np.ndarray, out_dx: np.ndarray,
                          out_dW: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

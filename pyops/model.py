@@ -239,9 +239,11 @@ class MLP:
         Activations of the last :meth:`forward`; buffers overwritten by the next
         call with the same batch size.  ``h2_soft``/``h2_log`` are None in
         ``"xent"`` mode.  ``h2`` comes from ``h1`` in one pass over the rows
-        (``relu_matmul_forward`` of the backend's kernel table), which does not
-        keep ``relu(h1)``: ``h1_relu`` is computed when first read after a
-        forward (backward reads ``h1`` again instead).
+        (``relu_matmul_forward`` of the backend's kernel table), which on the
+        compiled backend does not keep ``relu(h1)``: there ``h1_relu`` is
+        computed into its buffer when first read after a forward (backward
+        reads ``h1`` again instead), so an array read before a forward keeps
+        its values until ``h1_relu`` is read again.
     h2_log_grad, h2_soft_grad, h2_grad, h1_relu_grad : numpy.ndarray
         Gradients of the last :meth:`backward`, named as in the notebook (each
         is what the op of that name returned: ``h2_soft_grad`` is the gradient
@@ -315,7 +317,9 @@ class MLP:
         self.grads = np.zeros(size, self.dtype)
         # W1 and its gradient are stored transposed (F-contiguous views): numpy's BLAS writes
         # X.T @ G into that layout faster (full batch, this machine's OpenBLAS: 62 against 84
-        # ms in float64, 1.2 ms less for both products in float32), and reads W1 as fast.
+        # ms in float64, 1.2 ms less for both products in float32) and reads W1 as fast.  The
+        # cost is in small batches: X @ W1 on 128 rows took 120 instead of 103 us (float32,
+        # one BLAS thread; about 3% of a default-recipe step).
         self._W1 = self.params[:k].reshape(self.n_hidden, self.n_in + 1).T
         self._W2 = self.params[k:].reshape(self.n_hidden, self.n_out)
         self._W1_grad = self.grads[:k].reshape(self.n_hidden, self.n_in + 1).T
@@ -496,12 +500,14 @@ class MLP:
         b = self._buffers(X.shape[0])
         self._last = b
         self._xent_labels = None
+        self._h1_relu_fresh = False
         self.h1 = self.mul_h1.forward(X, self._W1, out=b.h1)
         # Relu.forward then Matmul.forward in one pass over the (N, n_hidden) rows on the
         # compiled backend; the same numpy calls on numpy
-        self._kernels.relu_matmul_forward(self.h1, self._W2, None, b.h2)
+        keep = self._kernels.relu_matmul_keeps_h()  # numpy computes relu(h1) whole anyway
+        self._kernels.relu_matmul_forward(self.h1, self._W2, b.h1_relu() if keep else None, b.h2)
         self.h2 = b.h2
-        self._h1_relu_fresh = False
+        self._h1_relu_fresh = keep
         if self.loss_mode == "notebook":
             soft, log, _, _ = b.notebook()
             self.h2_soft = self.softmax.forward(self.h2, out=soft)
@@ -804,11 +810,15 @@ class Adam(_Optimizer):
         super().__init__(params, lr)
         self.backend: str = get_ops(backend).backend
         self._kernels = get_kernels(self.backend)
-        if self._kernels.CONTIGUOUS_INPUTS and not all(p.flags.c_contiguous for p in self.params):
+        # the compiled update runs over each array's memory in order: an F-contiguous param
+        # (MLP.W1) as its C-contiguous transpose, with moments of that shape
+        contiguous = self._kernels.CONTIGUOUS_INPUTS
+        if contiguous and not all(p.flags.c_contiguous or p.flags.f_contiguous for p in self.params):
             raise ValueError(
-                f"Adam: the {self.backend} backend updates C-contiguous params in place; got an "
-                "array with other strides (pass a contiguous array, or backend='numpy')"
+                f"Adam: the {self.backend} backend updates C- or F-contiguous params in place; "
+                "got an array with other strides (pass a contiguous array, or backend='numpy')"
             )
+        self._views = [p.T if contiguous and not p.flags.c_contiguous else p for p in self.params]
         if not (isinstance(betas, (tuple, list, np.ndarray)) and np.ndim(betas) == 1 and len(betas) == 2):
             raise TypeError(f"Adam: betas must be a pair of numbers in [0, 1), got {betas!r}")
         b1, b2 = (check_hyperparameter("Adam", f"betas[{i}]", b) for i, b in enumerate(betas))
@@ -821,21 +831,24 @@ class Adam(_Optimizer):
             check_fits_dtype("Adam", "eps", self.eps, p.dtype)
         self.weight_decay = check_hyperparameter("Adam", "weight_decay", weight_decay)
         self.t = 0
-        self._m = [np.zeros(p.shape, p.dtype) for p in self.params]
-        self._v = [np.zeros(p.shape, p.dtype) for p in self.params]
+        self._m = [np.zeros(p.shape, p.dtype) for p in self._views]
+        self._v = [np.zeros(p.shape, p.dtype) for p in self._views]
         # scratch for the update, if the backend's needs any (numpy: two arrays; compiled: none)
-        self._work = [self._kernels.adam_workspace(p) for p in self.params]
+        self._work = [self._kernels.adam_workspace(p) for p in self._views]
 
     def step(self, grads: Any, lr: Optional[float] = None) -> None:
         """Update every parameter with its gradient; ``lr`` overrides ``self.lr`` for this step."""
         lr = self._step_lr(lr)
-        gs = self._grads(grads, contiguous=self._kernels.CONTIGUOUS_INPUTS)
+        gs = self._grads(grads)
+        if self._kernels.CONTIGUOUS_INPUTS:  # each gradient laid out as its param's view
+            gs = [np.ascontiguousarray(g if v is p else g.T)
+                  for g, p, v in zip(gs, self.params, self._views)]
         self.t += 1
         b1, b2 = self.betas
         step_size = lr / (1.0 - b1 ** self.t)
         inv_root_c2 = 1.0 / math.sqrt(1.0 - b2 ** self.t)
         decay = 1.0 - lr * self.weight_decay
-        for p, g, m, v, work in zip(self.params, gs, self._m, self._v, self._work):
+        for p, g, m, v, work in zip(self._views, gs, self._m, self._v, self._work):
             self._kernels.adam_update(p, g, m, v, b1, b2, self.eps, decay, step_size,
                                       inv_root_c2, work)
 

@@ -167,13 +167,14 @@ def test_hidden_buffers_are_reused_between_steps(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_h1_relu_is_relu_of_the_last_forward(backend):
-    """The passes do not keep relu(h1) (backward reads h1 again): h1_relu is filled when read,
-    from the last forward of whatever batch size, and never before a forward."""
+    """The one-pass kernels do not keep relu(h1) (backward reads h1 again): h1_relu is filled
+    when read, from the last forward of whatever batch size, and never before a forward."""
     model = MLP(backend, seed=0, **TINY)
     assert model.h1_relu is None
     x, y = _data()
     model.forward(x, y)
-    assert model._last._h1_relu is None, "no buffer for relu(h1) until someone reads it"
+    if not model._kernels.relu_matmul_keeps_h():
+        assert model._last._h1_relu is None, "no buffer for relu(h1) until someone reads it"
     first = model.h1_relu
     np.testing.assert_array_equal(first, np.maximum(model.h1, 0))
     assert (model.h1 < 0).any() and (first == 0).any()
@@ -202,6 +203,42 @@ def test_w1_is_stored_transposed_in_params(backend):
     X = model.prepare(x)
     g = model.h1_relu_grad
     np.testing.assert_allclose(model.W1_grad, X.T @ g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_allocates_no_hidden_sized_array(backend):
+    """Buffers are kept: a step after the first allocates less than half an (N, 100) array
+    (numpy's own temporaries, such as a bool mask, are smaller)."""
+    import tracemalloc
+    model = MLP(backend, seed=0)
+    x, y = _data(n=3000, n_in=784, n_out=10, dtype=np.float64)
+    X = model.prepare(x)
+    train_one_step(model, X, y, lr=1e-3)
+    tracemalloc.start()
+    try:
+        train_one_step(model, X, y, lr=1e-3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3000 * 100 * 8 / 2, peak
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adam_takes_the_models_layers_as_params(backend):
+    """Per-layer params: W1 is F-contiguous (stored transposed); the compiled update runs over
+    its memory in order and gives numpy's result."""
+    results = []
+    for b in (backend, "numpy"):
+        model = MLP(b, seed=0, **TINY)
+        x, y = _data()
+        opt = Adam([model.W1, model.W2], lr=1e-2, weight_decay=0.1, backend=b)
+        for _ in range(3):
+            model.forward(x, y)
+            model.backward(y)
+            opt.step([model.W1_grad, model.W2_grad])
+        results.append(model.params.copy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12, atol=1e-12)
+    assert not np.array_equal(results[0], MLP(backend, seed=0, **TINY).params)
 
 
 def test_input_gradient_is_not_computed(monkeypatch):
@@ -616,13 +653,16 @@ def test_adam_rejects_what_it_cannot_update(backend):
     opt = Adam(p, lr=0.1, backend=backend)
     opt.step(g)
     np.testing.assert_allclose(p, -0.1)
+    q = np.zeros((3, 4)).T                        # F-contiguous: updated in place on both
+    Adam(q, lr=0.1, backend=backend).step(np.ones((4, 3)))
+    np.testing.assert_allclose(q, -0.1)
     if backend == "cython":
-        with pytest.raises(ValueError, match=r"C-contiguous params.*backend='numpy'"):
-            Adam(np.zeros((3, 4)).T, backend="cython")
+        with pytest.raises(ValueError, match=r"C- or F-contiguous params.*backend='numpy'"):
+            Adam(np.zeros((3, 8))[:, ::2], backend="cython")
     else:
-        q = np.zeros((3, 4)).T
-        Adam(q, lr=0.1, backend="numpy").step(np.ones((4, 3)))
-        np.testing.assert_allclose(q, -0.1)
+        r = np.zeros((3, 8))[:, ::2]
+        Adam(r, lr=0.1, backend="numpy").step(np.ones((3, 4)))
+        np.testing.assert_allclose(r, -0.1)
 
 
 def test_sgd_is_the_notebook_update_and_momentum_converges():
