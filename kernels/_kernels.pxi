@@ -590,7 +590,7 @@ def relu_matmul_forward(const floating[:, ::1] x,   # IN   (N, k)
 cdef inline void _relu_matmul_range(const floating* g, const floating* x, const floating* wt,
                                     floating* dh, floating* work, Py_ssize_t n, Py_ssize_t k,
                                     Py_ssize_t kp, Py_ssize_t c, int stream) noexcept nogil:
-    # work: acc (c * kp), blk (c * kp), scratch (4 * k + lanes)
+    # work: acc (c * kp), blk (c * kp), scratch (4 * k + lanes, then 4 * kp + 64 bytes)
     if floating is float:
         opk_relu_matmul_bwd_float(g, x, wt, dh, work, work + c * kp, work + 2 * c * kp,
                                   n, k, kp, c, stream)
@@ -603,7 +603,7 @@ def relu_matmul_backward(const floating[:, ::1] g,   # IN   (N, c) grad_y
                          const floating[:, ::1] x,   # IN   (N, k) the relu's input (or relu(x))
                          const floating[:, ::1] wt,  # IN   (c, kp) W^T, zero-padded
                          floating[:, ::1] dh,        # OUT  (N, k) (g @ W^T) * (x > 0)
-                         floating[:, ::1] work,      # OUT  (threads, 2 c kp + 4 k + lanes), 0:
+                         floating[:, ::1] work,      # OUT  (threads, see _table._backward_work), 0:
                                                      #      rows start with g^T @ relu(x) parts
                          bint stream):
     """Fill dh and the first c * kp values of work's rows (one per thread, the rest 0), whose

@@ -112,6 +112,14 @@ def _padded_rows(module, a):
     return out
 
 
+def _backward_work(module, dtype, threads, k, kp, c):
+    """The zeroed work rows of ``module.relu_matmul_backward``, one per thread: its part of
+    g^T @ relu(x) and a block sum, (c, kp) each; four rows of dx and a vector (4 k + lanes);
+    four rows of relu(x), kp apart, from a 64-byte boundary (4 kp values and 64 bytes)."""
+    lanes = module.RELU_MATMUL_LANES[dtype.name]
+    return np.zeros((threads, 2 * c * kp + 4 * k + lanes + 4 * kp + 64 // dtype.itemsize), dtype)
+
+
 def relu_matmul_backward(g: np.ndarray, x: np.ndarray, W: np.ndarray, out_dx: np.ndarray,
                          out_dW: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """As :func:`pyops._numpy_kernels.relu_matmul_backward`, in one pass over the rows: relu
@@ -130,9 +138,7 @@ def _relu_matmul_backward_on(module, g, x, W, out_dx, out_dW):
     k = W.shape[0]
     wt = _padded_rows(module, W.T)
     c, kp = wt.shape
-    lanes = module.RELU_MATMUL_LANES[g.dtype.name]
-    # per thread: its part of g^T @ relu(x) (c, kp), a block sum (c, kp), 4 rows of dx + lanes
-    work = np.zeros((module.get_num_threads(), 2 * c * kp + 4 * k + lanes), g.dtype)
+    work = _backward_work(module, g.dtype, module.get_num_threads(), k, kp, c)
     module.relu_matmul_backward(g, x, wt, out_dx, work, out_dx.nbytes >= STREAM_MIN_BYTES)
     # thread parts added in thread order: a given thread count gives the same sum every call
     total = work[0, :c * kp].copy()
