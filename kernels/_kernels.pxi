@@ -562,6 +562,8 @@ def relu_matmul_forward(const floating[:, ::1] x,   # IN   (N, k)
     cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
     cdef int t
     cdef floating* hp = NULL  # h's first value, NULL when h is not kept
+    if work.shape[1] < 4 * (k + cp):  # the one check here: the loop writes this much per row
+        raise ValueError("relu_matmul_forward: work rows too short, need 4 (k + cp) values")
     if n == 0:
         return
     if k == 0:  # sums of nothing
@@ -612,6 +614,10 @@ def relu_matmul_backward(const floating[:, ::1] g,   # IN   (N, c) grad_y
     cdef Py_ssize_t step, start
     cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
     cdef int t
+    cdef Py_ssize_t lanes = OPK_RM_LANES_float if floating is float else OPK_RM_LANES_double
+    # the one check here: the loop writes every value of a work row this long
+    if work.shape[1] < 2 * c * kp + 4 * k + lanes + 4 * kp + 64 // work.itemsize:
+        raise ValueError("relu_matmul_backward: work rows too short (see _table._backward_work)")
     if n == 0 or k == 0:
         return
     if c == 0:  # g @ W^T of no classes: zeros

@@ -21,9 +21,9 @@
  *   accumulator per four rows), relu applied to x as it is read (float32: the four rows
  *   copied, relu'd, into an aligned scratch first), into a scratch of four rows of dx, then
  *   copied or streamed to dx; the k % lanes tail chunk first, with full-width loads and
- *   stores (lanes past k read the next row, whose W^T is zero-padded, and spill into columns
- *   written next; zero-padded copies only at the end of x); a one-row loop for the last
- *   n % 4 rows.
+ *   stores (lanes past k read zeros in float32's copy, in float64 the next row, whose W^T is
+ *   zero-padded, with zero-padded copies only at the end of x; stores spill into columns
+ *   written next); a one-row loop for the last n % 4 rows.
  * Without GCC vector extensions (MSVC) the same functions are plain loops.
  *
  * Layout the caller provides.  Forward: wp = W zero-padded to (k, cp); scratch 4 * (k + cp)
@@ -154,7 +154,8 @@ static inline void opk_rm_chunk4_##T(const T* g0, ptrdiff_t c, V a0, V a1, V a2,
     opk_st_##T(out + 2 * k + jb, opk_mask_##T(s2, a2));                                         \
     opk_st_##T(out + 3 * k + jb, opk_mask_##T(s3, a3));                                         \
 }                                                                                               \
-/* scratch: 4 * k + L values; dx's four rows are computed there, then copied (or streamed) */  \
+/* scratch: 4 * k + L values, where dx's four rows are computed, then copied (or streamed);  \
+   then 4 * kp values and 64 bytes, for xs (COPY: four rows of relu(x), 64-byte aligned) */  \
 static void opk_relu_matmul_bwd_##T(const T* g, const T* x, const T* wt, T* dx,                \
                                     T* acc, T* blk, T* scratch, ptrdiff_t n, ptrdiff_t k,      \
                                     ptrdiff_t kp, ptrdiff_t c, int stream) {                    \

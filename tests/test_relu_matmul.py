@@ -206,6 +206,25 @@ def test_only_the_baseline_build_prefers_three_passes():
         assert _dispatch.load_variant(variant).RELU_MATMUL_FUSED is (variant != "baseline"), variant
 
 
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_compiled_drivers_refuse_short_work_rows(direction, dtype, rng):
+    """The compiled drivers trust their arrays except for the work rows' length, the one
+    size a caller outside kernels._table could get wrong by a formula."""
+    mod = _table._k
+    g, x, W = inputs(8, 5, 3, dtype, rng)
+    if direction == "forward":
+        wp = _table._padded_rows(mod, W)
+        work = np.zeros((1, 4 * (x.shape[1] + wp.shape[1]) - 1), dtype)
+        with pytest.raises(ValueError, match="relu_matmul_forward: work rows too short"):
+            mod.relu_matmul_forward(x, wp, None, np.empty((8, 3), dtype), work, False)
+    else:
+        wt = _table._padded_rows(mod, W.T)
+        c, kp = wt.shape
+        work = _table._backward_work(mod, np.dtype(dtype), 1, 5, kp, c)[:, :-1]
+        with pytest.raises(ValueError, match="relu_matmul_backward: work rows too short"):
+            mod.relu_matmul_backward(g, x, wt, np.empty_like(x), work, False)
+
+
 def test_no_classes_gives_a_zero_gradient(ops, dtype):
     """c == 0: g @ W.T is an (N, k) matrix of zeros, on both tables (dx filled, not left)."""
     dx = np.full((5, 3), np.nan, dtype)
@@ -247,12 +266,19 @@ def test_no_access_past_any_array(variant, dtype, rng):
                 x = before_guard_page(rng.normal(size=(n, k)).astype(dtype))
                 wt = before_guard_page(wt)
                 dx = before_guard_page(np.full((n, k), np.nan, dtype))
-                for stream in (False, True):
-                    work = before_guard_page(_table._backward_work(mod, np.dtype(dtype), 1, k, kp, c))
+                size = _table._backward_work(mod, np.dtype(dtype), 1, k, kp, c).shape[1]
+                # work rows ending at the guard page, or `spare` values before it (NaN that must
+                # stay NaN): the row then starts at other alignments, which the aligned copy of
+                # relu(x) at its end rounds up from
+                for stream, spare in ((False, 0), (True, 0), (False, 1), (True, 3)):
+                    buf = before_guard_page(np.full((1, size + spare), np.nan, dtype))
+                    work = buf[:, :size]
+                    work[...] = 0
                     mod.relu_matmul_backward(g, x, wt, dx, work, stream)
                     np.testing.assert_allclose(dx, (g @ W.T) * (x > 0), rtol=1e-4, atol=1e-5)
                     np.testing.assert_allclose(work[0, :c * kp].reshape(c, kp)[:, :k].T,
                                                np.maximum(x, 0).T @ g, rtol=1e-4, atol=1e-5)
+                    assert np.isnan(buf[0, size:]).all(), "a write past the work row"
 
 
 def before_guard_page(a):
