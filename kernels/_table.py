@@ -156,6 +156,7 @@ def adam_workspace(p: np.ndarray) -> None:
 def adam_update(p: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, b1: float, b2: float,
                 eps: float, decay: float, step_size: float, inv_root_c2: float,
                 work: None) -> None:
-    # C-contiguous p, g, m, v of one dtype (checked by pyops.model.Adam)
+    # C-contiguous p, g, m, v of one dtype (pyops.model.Adam checks, and passes F-contiguous
+    # params as their transposes)
     _k.adam_update(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), b1, b2, eps,
                    decay, step_size, inv_root_c2)

@@ -792,7 +792,7 @@ class Adam(_Optimizer):
     backend : {"numpy", "cython"}, optional
         Whose update runs (default: the active backend, as for :class:`MLP`): numpy's
         twenty array operations, or the compiled kernel's single pass over ``p``, ``g``, ``m``
-        and ``v`` (the same arithmetic; it needs C-contiguous ``params``).
+        and ``v`` (the same arithmetic; it needs C- or F-contiguous ``params``).
 
     Examples
     --------
