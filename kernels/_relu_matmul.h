@@ -7,10 +7,11 @@
  *              dW^T += g^T @ relu(x)         (c, k), accumulated by the caller's threads
  *
  * numpy needs two passes over the (n, k) arrays forward (relu, then BLAS reads h again) and
- * three backward (g @ W^T, h^T @ g, then the mask); here x is read once each way, h written
- * at most once and dx once, streamed past the caches when they are large (the backward's dx
- * is read next by the X^T @ dx GEMM, from memory anyway).  Taking x, not h, backward saves
- * the forward's write of h, and x, read by the forward, may still be in the last-level cache.
+ * three backward from h (g @ W^T, h^T @ g, the mask; four from x, relu first); here x is
+ * read once each way, h written at most once and dx once, streamed past the caches when
+ * they are large (the backward's dx is read next by the X^T @ dx GEMM, from memory anyway).
+ * Taking x, not h, backward saves the forward's write of h, and x, read by the forward, may
+ * still be in the last-level cache.
  *
  * Layers: GCC vector types as wide as the -march level's registers (16, 32 or 64 bytes).
  * - forward, OPK_RELU_MATMUL_FWD: four rows at a time; relu of their 4 k contiguous values
@@ -29,9 +30,8 @@
  * Layout the caller provides.  Forward: wp = W zero-padded to (k, cp); scratch 4 * (k + cp)
  * values.  Backward: wt = W^T zero-padded to (c, kp) with kp = k rounded up to
  * OPK_RM_LANES_<type>; acc and blk (c, kp) zeroed; scratch 4 * k + lanes values, then 4 * kp
- * values and 64 bytes (four rows of relu(x), aligned).  Rows are
- * summed into blk and blk into acc every OPK_RM_BLOCK rows (float32 sums of 30000 terms lose
- * digits).
+ * values and 64 bytes (four rows of relu(x), aligned).  Rows are summed into blk and blk
+ * into acc every OPK_RM_BLOCK rows (float32 sums of 30000 terms lose digits).
  */
 #ifndef OPKERNELS_RELU_MATMUL_H
 #define OPKERNELS_RELU_MATMUL_H
