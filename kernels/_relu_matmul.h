@@ -109,6 +109,10 @@ static inline V opk_relu_v_##T(V v) {                                           
     return (V)((VI)v & ~(VI)(v <= zero));                                                       \
 }                                                                                               \
 static inline V opk_ldr_##T(const T* p) { return opk_relu_v_##T(opk_ld_##T(p)); }              \
+/* a load, relu'd if relu (a constant where it is called) */                                    \
+static inline V opk_ldx_##T(const T* p, int relu) {                                             \
+    return relu ? opk_ldr_##T(p) : opk_ld_##T(p);                                               \
+}                                                                                               \
 /* s * (h > 0), as a product (NaN in s stays NaN, -0.0 as numpy's g * (x > 0)) */               \
 static inline V opk_mask_##T(V s, V h) {                                                        \
     V zero = {0};                                                                               \
@@ -170,38 +174,29 @@ static void opk_relu_matmul_bwd_##T(const T* g, const T* x, const T* wt, T* dx, 
     if (COPY) memset(xs, 0, (size_t)(4 * kp) * sizeof(T));                                      \
     stream = stream && ((uintptr_t)dx % 16 == 0);                                               \
     for (; r + 4 <= n; r += 4) {                                                                \
-        const T* x0 = x + r * k;                                                                \
-        if (COPY) {                                                                             \
-            for (int q = 0; q < 4; q++) opk_relu_##T(x0 + q * k, xs + q * kp, k);              \
-            if (kv < k)  /* the tail chunk first: its spill lands on columns written next */   \
-                opk_rm_chunk4_##T(g + r * c, c, opk_ld_##T(xs + kv), opk_ld_##T(xs + kp + kv), \
-                                  opk_ld_##T(xs + 2 * kp + kv), opk_ld_##T(xs + 3 * kp + kv),  \
-                                  wt, blk, scratch, kv, k, kp);                                 \
-            for (ptrdiff_t jb = 0; jb < kv; jb += L)                                            \
-                opk_rm_chunk4_##T(g + r * c, c, opk_ld_##T(xs + jb), opk_ld_##T(xs + kp + jb), \
-                                  opk_ld_##T(xs + 2 * kp + jb), opk_ld_##T(xs + 3 * kp + jb),  \
-                                  wt, blk, scratch, jb, k, kp);                                 \
-        } else {                                                                                \
-            if (kv < k) {  /* as above, from x: full loads while they stay inside x (lanes  \
-                              past k are the next row's: their wt is 0, blk unused) */        \
-                V a[4];                                                                         \
-                if ((r + 3) * k + kp <= n * k) {                                                \
-                    for (int q = 0; q < 4; q++) a[q] = opk_ldr_##T(x0 + q * k + kv);            \
-                } else {                                                                        \
-                    memset(hp, 0, sizeof hp);                                                   \
-                    for (int q = 0; q < 4; q++) {                                               \
-                        memcpy(hp[q], x0 + q * k + kv, (size_t)(k - kv) * sizeof(T));           \
-                        a[q] = opk_ldr_##T(hp[q]);                                              \
-                    }                                                                           \
+        /* the rows read: COPY, their relu'd aligned copy; else x itself, relu'd as loaded */   \
+        const T* src = COPY ? xs : x + r * k;                                                   \
+        ptrdiff_t rs = COPY ? kp : k;                                                           \
+        if (COPY) for (int q = 0; q < 4; q++) opk_relu_##T(x + (r + q) * k, xs + q * kp, k);    \
+        if (kv < k) {  /* the tail chunk first: its spill lands on columns written next */      \
+            V a[4];                                                                             \
+            if (COPY || (r + 3) * k + kp <= n * k) {  /* full loads stay inside xs or x:    */  \
+                /* lanes past k are the copy's zeros, or the next row's (wt 0, blk unused) */   \
+                for (int q = 0; q < 4; q++) a[q] = opk_ldx_##T(src + q * rs + kv, !COPY);       \
+            } else {                                                                            \
+                memset(hp, 0, sizeof hp);                                                       \
+                for (int q = 0; q < 4; q++) {                                                   \
+                    memcpy(hp[q], src + q * rs + kv, (size_t)(k - kv) * sizeof(T));             \
+                    a[q] = opk_ldr_##T(hp[q]);                                                  \
                 }                                                                               \
-                opk_rm_chunk4_##T(g + r * c, c, a[0], a[1], a[2], a[3], wt, blk, scratch, kv,  \
-                                  k, kp);                                                       \
             }                                                                                   \
-            for (ptrdiff_t jb = 0; jb < kv; jb += L)                                            \
-                opk_rm_chunk4_##T(g + r * c, c, opk_ldr_##T(x0 + jb), opk_ldr_##T(x0 + k + jb), \
-                                  opk_ldr_##T(x0 + 2 * k + jb), opk_ldr_##T(x0 + 3 * k + jb),  \
-                                  wt, blk, scratch, jb, k, kp);                                 \
+            opk_rm_chunk4_##T(g + r * c, c, a[0], a[1], a[2], a[3], wt, blk, scratch, kv, k, kp);\
         }                                                                                       \
+        for (ptrdiff_t jb = 0; jb < kv; jb += L)                                                \
+            opk_rm_chunk4_##T(g + r * c, c, opk_ldx_##T(src + jb, !COPY),                       \
+                              opk_ldx_##T(src + rs + jb, !COPY),                                \
+                              opk_ldx_##T(src + 2 * rs + jb, !COPY),                            \
+                              opk_ldx_##T(src + 3 * rs + jb, !COPY), wt, blk, scratch, jb, k, kp);\
         if (stream) opk_stream_##T(dx + r * k, scratch, 4 * k);                                 \
         else memcpy(dx + r * k, scratch, (size_t)(4 * k) * sizeof(T));                          \
         if ((since += 4) >= OPK_RM_BLOCK) { OPK_RM_FLUSH(T, acc, blk, c * kp); since = 0; }     \

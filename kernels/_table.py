@@ -12,6 +12,7 @@ import numpy as np
 
 from pyops._checks import (count_correct_inputs, relu_matmul_forward_inputs, relu_matmul_inputs,
                            warn_log_domain)
+from pyops._numpy_kernels import _relu_matmul_backward_apart, _relu_matmul_forward_apart
 
 from ._dispatch import load
 
@@ -78,9 +79,7 @@ def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray
     """As :func:`pyops._numpy_kernels.relu_matmul_forward`, in one pass over the rows."""
     relu_matmul_forward_inputs("relu_matmul_forward", x, W, out_h, out_y)
     if not _k.RELU_MATMUL_FUSED:  # this build's one-pass kernel is slower: relu, then BLAS
-        h = relu_forward(x, np.empty_like(x) if out_h is None else out_h)
-        np.matmul(h, W, out=out_y)
-        return out_h, out_y
+        return _relu_matmul_forward_apart(x, W, out_h, out_y, relu_forward)
     return _relu_matmul_forward_on(_k, x, W, out_h, out_y)
 
 
@@ -126,10 +125,7 @@ def relu_matmul_backward(g: np.ndarray, x: np.ndarray, W: np.ndarray, out_dx: np
     is applied to ``x`` as it is read."""
     relu_matmul_inputs("relu_matmul_backward", g, x, W, out_dx, out_dW)
     if not _k.RELU_MATMUL_FUSED:  # this build's one-pass kernel is slower: four passes
-        np.matmul(relu_forward(x, out_dx).T, g, out=out_dW)  # out_dx: relu(x) until the next line
-        np.matmul(g, W.T, out=out_dx)
-        relu_backward(x, out_dx, out_dx)
-        return out_dx, out_dW
+        return _relu_matmul_backward_apart(g, x, W, out_dx, out_dW, relu_forward, relu_backward)
     return _relu_matmul_backward_on(_k, g, x, W, out_dx, out_dW)
 
 

@@ -137,7 +137,13 @@ def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray
     ``Matmul.forward`` compute, with no op class in front (:meth:`pyops.MLP.forward` calls
     it): the arguments are checked here."""
     relu_matmul_forward_inputs("relu_matmul_forward", x, W, out_h, out_y)
-    h = relu_forward(x, np.empty_like(x) if out_h is None else out_h)
+    return _relu_matmul_forward_apart(x, W, out_h, out_y)
+
+
+def _relu_matmul_forward_apart(x, W, out_h, out_y, relu=relu_forward):
+    """:func:`relu_matmul_forward` unchecked, as relu then BLAS, with the given ``relu(x, out)``
+    (the compiled table's where its build has no one-pass kernel)."""
+    h = relu(x, np.empty_like(x) if out_h is None else out_h)
     np.matmul(h, W, out=out_y)
     return out_h, out_y
 
@@ -157,9 +163,17 @@ def relu_matmul_backward(g: np.ndarray, x: np.ndarray, W: np.ndarray, out_dx: np
     ``x > 0``).  What ``Matmul.backward`` then ``Relu.backward`` compute, with no op class
     in front (:meth:`pyops.MLP.backward` calls it): the arguments are checked here."""
     relu_matmul_inputs("relu_matmul_backward", g, x, W, out_dx, out_dW)
-    np.matmul(relu_forward(x, out_dx).T, g, out=out_dW)  # out_dx holds relu(x) until the next line
+    return _relu_matmul_backward_apart(g, x, W, out_dx, out_dW)
+
+
+def _relu_matmul_backward_apart(g, x, W, out_dx, out_dW, relu=relu_forward,
+                               relu_grad=relu_backward):
+    """:func:`relu_matmul_backward` unchecked, in four passes, with the given ``relu(x, out)``
+    and ``relu_grad(x, g, out)`` (the compiled table's where its build has no one-pass
+    kernel)."""
+    np.matmul(relu(x, out_dx).T, g, out=out_dW)  # out_dx holds relu(x) until the next line
     np.matmul(g, W.T, out=out_dx)
-    relu_backward(x, out_dx, out_dx)
+    relu_grad(x, out_dx, out_dx)
     return out_dx, out_dW
 
 
