@@ -553,7 +553,7 @@ def relu_matmul_forward(const floating[:, ::1] x,   # IN   (N, k)
                         const floating[:, ::1] wp,  # IN   (k, cp) W, zero-padded to the lanes
                         floating[:, ::1] h,         # OUT  (N, k) relu(x), or None: not kept
                         floating[:, ::1] y,         # OUT  (N, c) relu(x) @ W
-                        floating[:, ::1] work,      # OUT  (threads, 4 (k + cp)) scratch
+                        floating[:, ::1] work,      # OUT  (threads, 8 (k + cp)) scratch
                         bint stream):
     """Fill y = relu(x) @ W, and h = relu(x) unless h is None; stream: write h past the
     caches (see _relu_matmul.h)."""
@@ -562,8 +562,8 @@ def relu_matmul_forward(const floating[:, ::1] x,   # IN   (N, k)
     cdef int nt = min(_threads_for(n * k), <int>work.shape[0])
     cdef int t
     cdef floating* hp = NULL  # h's first value, NULL when h is not kept
-    if work.shape[1] < 4 * (k + cp):  # the one check here: the loop writes this much per row
-        raise ValueError("relu_matmul_forward: work rows too short, need 4 (k + cp) values")
+    if work.shape[1] < 8 * (k + cp):  # the one check here: the loop writes this much per row
+        raise ValueError("relu_matmul_forward: work rows too short, need 8 (k + cp) values")
     if n == 0:
         return
     if k == 0:  # sums of nothing

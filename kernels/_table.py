@@ -94,8 +94,8 @@ def _relu_matmul_forward_on(module, x, W, out_h, out_y, stream=None):
     ``stream``: write ``out_h`` past the caches (default: from :data:`STREAM_MIN_BYTES`)."""
     wp = _padded_rows(module, W)
     k, cp = wp.shape
-    # per thread: 4 rows of h (streamed or not kept) and 4 rows of y
-    work = np.empty((module.get_num_threads(), 4 * (k + cp)), x.dtype)
+    # per thread: 8 rows of h (streamed or not kept) and 8 rows of y
+    work = np.empty((module.get_num_threads(), 8 * (k + cp)), x.dtype)
     if stream is None:
         stream = out_h is not None and out_h.nbytes >= STREAM_MIN_BYTES
     module.relu_matmul_forward(x, wp, out_h, out_y, work, stream)

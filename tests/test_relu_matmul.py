@@ -17,9 +17,10 @@ from conftest import TOL
 from kernels import _dispatch, _table
 from pyops.backend import get_kernels
 
-# (N, k, c): tails of the 4-row blocks (N % 4 from 0 to 3), of the vector lanes (k % 8,
-# k % 16, k below one vector), one column or class, and sizes above the threading threshold
-# (N * k >= 32768), with every N % 4 and k below one vector there too.
+# (N, k, c): tails of the 4-row blocks (N % 4 from 0 to 3) and of the forward's 8-row ones
+# (where c <= lanes, e.g. 13 and 4094 rows end in 8 + 4 + 1 and 8 + 4 + 2), of the vector
+# lanes (k % 8, k % 16, k below one vector), one column or class, and sizes above the
+# threading threshold (N * k >= 32768), with every N % 4 and k below one vector there too.
 SHAPES = [(0, 5, 3), (1, 1, 1), (3, 5, 2), (4, 16, 3), (5, 17, 10), (8, 3, 4), (13, 100, 10),
           (6, 9, 2), (1001, 33, 17), (2048, 100, 10), (6001, 24, 1), (6002, 7, 10), (4094, 9, 3)]
 
@@ -452,7 +453,9 @@ def test_forward_no_access_past_any_array(variant, dtype, rng):
     end, and no loop reads past x, wp or the scratch."""
     mod = _dispatch.load_variant(variant)
     lanes = mod.RELU_MATMUL_LANES[np.dtype(dtype).name]
-    for n in (1, 2, 3, 4, 5, 6, 7, 9, 21, 40):  # from 11 or 19 rows y's spill stores start
+    # eight-row blocks (c <= lanes), then a four-row one and single rows; from 11 or 19 rows
+    # y's spill stores start
+    for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 15, 17, 21, 40):
         for k in (1, 3):
             for c in sorted({1, max(1, lanes - 1), lanes, lanes + 1, 2 * lanes + 1}):
                 cp = -(-c // lanes) * lanes
@@ -463,6 +466,6 @@ def test_forward_no_access_past_any_array(variant, dtype, rng):
                 for stream, keep_h in ((False, True), (True, True), (False, False)):
                     h = before_guard_page(np.full((n, k), np.nan, dtype)) if keep_h else None
                     y = before_guard_page(np.full((n, c), np.nan, dtype))
-                    work = before_guard_page(np.zeros((1, 4 * (k + cp)), dtype))
+                    work = before_guard_page(np.zeros((1, 8 * (k + cp)), dtype))
                     mod.relu_matmul_forward(x, wp, h, y, work, stream)
                     np.testing.assert_allclose(y, np.maximum(x, 0) @ W, rtol=1e-4, atol=1e-5)
