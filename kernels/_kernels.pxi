@@ -318,20 +318,17 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
     return loss
 
 
+cdef extern from "_argmax.h" nogil:
+    Py_ssize_t opk_argmax_float(const float* x, Py_ssize_t c)
+    Py_ssize_t opk_argmax_double(const double* x, Py_ssize_t c)
+
+
 cdef inline Py_ssize_t _argmax(const floating* x, Py_ssize_t c) noexcept nogil:
-    """Index of the first largest of x[0:c], or of the first NaN (as np.argmax)."""
-    cdef Py_ssize_t j, best = 0
-    cdef floating m = x[0], v
-    if m != m:
-        return 0
-    for j in range(1, c):
-        v = x[j]
-        if v != v:
-            return j
-        if v > m:
-            m = v
-            best = j
-    return best
+    """Index of the first largest of x[0:c], or of the first NaN (as np.argmax); c >= 1."""
+    if floating is float:
+        return opk_argmax_float(x, c)
+    else:
+        return opk_argmax_double(x, c)
 
 
 cdef inline double _count_correct(const floating* scores, const floating* labels, Py_ssize_t rows,

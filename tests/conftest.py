@@ -1,6 +1,9 @@
-"""Shared fixtures: backends, dtypes with their tolerances, TensorFlow as the oracle."""
+"""Shared fixtures: backends, dtypes with their tolerances, TensorFlow as the oracle; arrays
+that end at a guard page."""
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 
 import numpy as np
@@ -53,3 +56,18 @@ def tf():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def before_guard_page(a):
+    """A copy of ``a`` whose last byte is the last before a PROT_NONE page."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+    pages = -(-a.nbytes // page) + 1
+    m = mmap.mmap(-1, pages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0, ctypes.get_errno()
+    out = np.frombuffer(m, np.uint8, a.nbytes, (pages - 1) * page - a.nbytes)
+    out = out.view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out

@@ -2,6 +2,8 @@
 sizes on both sides of the threading threshold, finite differences, and hypothesis."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 import kernels
 import pyops
-from conftest import TOL
+from conftest import TOL, before_guard_page
 from kernels import _dispatch
 from pyops.backend import get_kernels
 
@@ -96,6 +98,20 @@ def test_count_correct_is_numpys_argmax(shape, dtype, rng):
         got = _dispatch.load_variant(variant).count_correct(scores, labels)
         assert type(got) is int and got == want, variant
     assert 0 < want < shape[0] or shape[0] < 8  # the case is not trivially all or none
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect guard pages: Linux")
+def test_count_correct_every_row_width_up_to_a_guard_page(dtype, rng):
+    """Rows 1 to 35 wide: one and two vectors of every CPU variant (AVX-512: 16 floats or 8
+    doubles each, lanes past the row masked), wider rows on the scalar loop; ties, NaN and
+    infinities in either vector; arrays that end at an inaccessible page, so that a load
+    past the last row faults."""
+    for c in range(1, 36):
+        scores, labels = scores_and_labels((40, c), dtype, rng)
+        want = int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
+        scores, labels = before_guard_page(scores), before_guard_page(labels)
+        for variant in built_runnable_variants():
+            assert _dispatch.load_variant(variant).count_correct(scores, labels) == want, (variant, c)
 
 
 @pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels built without OpenMP")

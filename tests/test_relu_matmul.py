@@ -5,15 +5,13 @@ compiled CPU variant, against the two ops they replace.  The backward takes the 
 gives the same bits."""
 from __future__ import annotations
 
-import ctypes
-import mmap
 import sys
 
 import numpy as np
 import pytest
 
 import pyops
-from conftest import TOL
+from conftest import TOL, before_guard_page
 from kernels import _dispatch, _table
 from pyops.backend import get_kernels
 
@@ -280,21 +278,6 @@ def test_no_access_past_any_array(variant, dtype, rng):
                     np.testing.assert_allclose(work[0, :c * kp].reshape(c, kp)[:, :k].T,
                                                np.maximum(x, 0).T @ g, rtol=1e-4, atol=1e-5)
                     assert np.isnan(buf[0, size:]).all(), "a write past the work row"
-
-
-def before_guard_page(a):
-    """A copy of ``a`` whose last byte is the last before a PROT_NONE page."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    page = mmap.PAGESIZE
-    pages = -(-a.nbytes // page) + 1
-    m = mmap.mmap(-1, pages * page)
-    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0, ctypes.get_errno()
-    out = np.frombuffer(m, np.uint8, a.nbytes, (pages - 1) * page - a.nbytes)
-    out = out.view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
 
 
 # ------------------------------------------------------------------------------- forward
