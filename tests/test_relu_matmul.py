@@ -213,13 +213,13 @@ def test_compiled_drivers_refuse_short_work_rows(direction, dtype, rng):
     g, x, W = inputs(8, 5, 3, dtype, rng)
     if direction == "forward":
         wp = _table._padded_rows(mod, W)
-        work = np.zeros((1, 4 * (x.shape[1] + wp.shape[1]) - 1), dtype)
+        work = np.zeros((1, 8 * (x.shape[1] + wp.shape[1]) - 1), dtype)
         with pytest.raises(ValueError, match="relu_matmul_forward: work rows too short"):
             mod.relu_matmul_forward(x, wp, None, np.empty((8, 3), dtype), work, False)
     else:
         wt = _table._padded_rows(mod, W.T)
         c, kp = wt.shape
-        work = _table._backward_work(mod, np.dtype(dtype), 1, 5, kp, c)[:, :-1]
+        work = np.zeros((1, _table._backward_work_values(mod, np.dtype(dtype), 5, kp, c) - 1), dtype)
         with pytest.raises(ValueError, match="relu_matmul_backward: work rows too short"):
             mod.relu_matmul_backward(g, x, wt, np.empty_like(x), work, False)
 
@@ -265,7 +265,7 @@ def test_no_access_past_any_array(variant, dtype, rng):
                 x = before_guard_page(rng.normal(size=(n, k)).astype(dtype))
                 wt = before_guard_page(wt)
                 dx = before_guard_page(np.full((n, k), np.nan, dtype))
-                size = _table._backward_work(mod, np.dtype(dtype), 1, k, kp, c).shape[1]
+                size = _table._backward_work_values(mod, np.dtype(dtype), k, kp, c)
                 # work rows ending at the guard page, or `spare` values before it (NaN that must
                 # stay NaN): the row then starts at other alignments, which the aligned copy of
                 # relu(x) at its end rounds up from
