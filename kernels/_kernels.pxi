@@ -208,14 +208,39 @@ cdef inline void _exp_inplace(floating* a, Py_ssize_t n, bint below) noexcept no
             a[i] = exp(a[i])
 
 
+cdef extern from "_softmax_rows.h" nogil:
+    enum:
+        OPK_ROWS_MAX_C_float
+        OPK_ROWS_MAX_C_double
+    int opk_shift_rows_float(const float* x, float* out, Py_ssize_t rows, Py_ssize_t c, float lo)
+    int opk_shift_rows_double(const double* x, double* out, Py_ssize_t rows, Py_ssize_t c,
+                              double lo)
+    void opk_row_sums_float(const float* e, double* sums, Py_ssize_t rows, Py_ssize_t c)
+    void opk_row_sums_double(const double* e, double* sums, Py_ssize_t rows, Py_ssize_t c)
+
+
+cdef inline bint _rows_in_vectors(floating* dummy, Py_ssize_t c) noexcept nogil:
+    """Whether _softmax_rows.h's vector loops take rows of c values (AVX-512, short rows)."""
+    if floating is float:
+        return c <= OPK_ROWS_MAX_C_float
+    else:
+        return c <= OPK_ROWS_MAX_C_double
+
+
 cdef inline bint _shift_by_row_max(const floating* x, floating* out, Py_ssize_t rows,
                                    Py_ssize_t c) noexcept nogil:
     """out = x - max(x) row by row (a NaN max makes the row NaN); for float, return whether
     some out is below opk_exp_lo_f (min - max, on the way: a -inf, or a spread beyond exp's
-    normal range); for double, False (see _exp_inplace)."""
+    normal range); for double, False (see _exp_inplace).  Short rows on AVX-512: vector
+    loops (_softmax_rows.h)."""
     cdef Py_ssize_t r, j
     cdef floating m, mn, v
     cdef bint below = False
+    if _rows_in_vectors(out, c):
+        if floating is float:
+            return opk_shift_rows_float(x, out, rows, c, opk_exp_lo_f)
+        else:
+            return opk_shift_rows_double(x, out, rows, c, 0)
     for r in range(rows):
         m = x[r * c]
         mn = m
@@ -239,16 +264,27 @@ cdef inline double _normalize_rows(floating* e, Py_ssize_t rows, Py_ssize_t c,
 
     Row sums are accumulated in double for float32 too: a float32 sum of c terms drifts by
     ~c * 2**-24 relative, 1e-3 at a vocabulary-sized c = 1e5 (the row sums are a sequential
-    chain either way, so double costs nothing here).
+    chain either way, so double costs nothing here).  Short rows on AVX-512 are summed by
+    vector loops (_softmax_rows.h), in double too, in a tree order.
     """
     cdef Py_ssize_t r, j
     cdef double total
     cdef floating inv
     cdef double acc = 0
+    cdef double sums[ROW_BLOCK]
+    cdef bint vector = _rows_in_vectors(e, c) and rows <= ROW_BLOCK
+    if vector:  # short rows on AVX-512 (_softmax_rows.h); the scaling below stays scalar
+        if floating is float:
+            opk_row_sums_float(e, sums, rows, c)
+        else:
+            opk_row_sums_double(e, sums, rows, c)
     for r in range(rows):
-        total = 0
-        for j in range(c):
-            total = total + e[r * c + j]
+        if vector:
+            total = sums[r]
+        else:
+            total = 0
+            for j in range(c):
+                total = total + e[r * c + j]
         inv = <floating>(1 / total)
         for j in range(c):
             e[r * c + j] = e[r * c + j] * inv

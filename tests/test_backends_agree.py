@@ -344,6 +344,30 @@ def test_softmax_of_logits_far_apart_on_both_backends(ops, dtype):
 
 
 @pytest.mark.parametrize("variant", built_runnable_variants())
+def test_softmax_every_row_width_in_every_variant(variant, dtype, rng):
+    """Rows 1 to 40 wide: one and two vectors of the AVX-512 row loops (up to 32 floats or 16
+    doubles), wider rows on the scalar loops; -inf masks, a NaN row and an all -inf row
+    (NaN, as 0/0 in numpy); the fused op gives the same probabilities."""
+    mod = _dispatch.load_variant(variant)
+    for c in range(1, 41):
+        x = (rng.normal(size=(70, c)) * 4).astype(dtype)
+        x[rng.random(x.shape) < 0.2] = -np.inf
+        x[:, 0] = np.where(np.isinf(x[:, 0]), 0, x[:, 0])  # a finite logit in every row ...
+        x[5, c // 2] = np.nan
+        x[6] = -np.inf                                     # ... but these two
+        s = np.empty_like(x)
+        mod.softmax_forward(x, s)
+        ok = np.ones(len(x), bool)
+        ok[[5, 6]] = False
+        assert_softmax_close(s[ok], x[ok], flushed=dtype == np.float32)
+        assert np.all(np.isnan(s[~ok])), c
+        labels = np.eye(c, dtype=dtype)[np.zeros(len(x), int)]
+        s2 = np.empty_like(x)
+        mod.softmax_cross_entropy(x, labels, s2)
+        np.testing.assert_array_equal(s2, s, err_msg=f"c={c}")
+
+
+@pytest.mark.parametrize("variant", built_runnable_variants())
 def test_softmax_keeps_nan_in_every_variant(variant, dtype):
     """A NaN logit makes its row NaN, even beside logits the exp clamp zeroes (NaN * 0)."""
     mod = _dispatch.load_variant(variant)
