@@ -208,7 +208,7 @@ cdef inline void _exp_inplace(floating* a, Py_ssize_t n, bint below) noexcept no
             a[i] = exp(a[i])
 
 
-cdef extern from "_softmax_rows.h" nogil:
+cdef extern from "_short_rows.h" nogil:
     enum:
         OPK_ROWS_MAX_C_float
         OPK_ROWS_MAX_C_double
@@ -217,10 +217,15 @@ cdef extern from "_softmax_rows.h" nogil:
                               double lo)
     void opk_row_sums_float(const float* e, double* sums, Py_ssize_t rows, Py_ssize_t c)
     void opk_row_sums_double(const double* e, double* sums, Py_ssize_t rows, Py_ssize_t c)
+    Py_ssize_t opk_count_correct_float(const float* scores, const float* labels, Py_ssize_t n,
+                                       Py_ssize_t c)
+    Py_ssize_t opk_count_correct_double(const double* scores, const double* labels,
+                                        Py_ssize_t n, Py_ssize_t c)
 
 
 cdef inline bint _rows_in_vectors(floating* dummy, Py_ssize_t c) noexcept nogil:
-    """Whether _softmax_rows.h's vector loops take rows of c values (AVX-512, short rows)."""
+    """Whether _short_rows.h's vector loops take rows of c values (AVX-512, short rows); the
+    unused ``dummy`` only selects the float type."""
     if floating is float:
         return c <= OPK_ROWS_MAX_C_float
     else:
@@ -232,7 +237,7 @@ cdef inline bint _shift_by_row_max(const floating* x, floating* out, Py_ssize_t 
     """out = x - max(x) row by row (a NaN max makes the row NaN); for float, return whether
     some out is below opk_exp_lo_f (min - max, on the way: a -inf, or a spread beyond exp's
     normal range); for double, False (see _exp_inplace).  Short rows on AVX-512: vector
-    loops (_softmax_rows.h)."""
+    loops (_short_rows.h)."""
     cdef Py_ssize_t r, j
     cdef floating m, mn, v
     cdef bint below = False
@@ -265,7 +270,7 @@ cdef inline double _normalize_rows(floating* e, Py_ssize_t rows, Py_ssize_t c,
     Row sums are accumulated in double for float32 too: a float32 sum of c terms drifts by
     ~c * 2**-24 relative, 1e-3 at a vocabulary-sized c = 1e5 (the row sums are a sequential
     chain either way, so double costs nothing here).  Short rows on AVX-512 are summed by
-    vector loops (_softmax_rows.h), in double too, in a tree order.
+    vector loops (_short_rows.h), in double too, in a tree order.
     """
     cdef Py_ssize_t r, j
     cdef double total
@@ -273,7 +278,7 @@ cdef inline double _normalize_rows(floating* e, Py_ssize_t rows, Py_ssize_t c,
     cdef double acc = 0
     cdef double sums[ROW_BLOCK]
     cdef bint vector = _rows_in_vectors(e, c) and rows <= ROW_BLOCK
-    if vector:  # short rows on AVX-512 (_softmax_rows.h); the scaling below stays scalar
+    if vector:  # short rows on AVX-512 (_short_rows.h); the scaling below stays scalar
         if floating is float:
             opk_row_sums_float(e, sums, rows, c)
         else:
@@ -354,17 +359,10 @@ cdef inline double _xent_fwd(const floating* z, const floating* y, floating* s,
     return loss
 
 
-cdef extern from "_argmax.h" nogil:
-    Py_ssize_t opk_count_correct_float(const float* scores, const float* labels, Py_ssize_t n,
-                                       Py_ssize_t c)
-    Py_ssize_t opk_count_correct_double(const double* scores, const double* labels,
-                                        Py_ssize_t n, Py_ssize_t c)
-
-
 cdef inline double _count_correct(const floating* scores, const floating* labels, Py_ssize_t rows,
                                   Py_ssize_t c) noexcept nogil:
     """Rows whose argmax of scores is the argmax of labels (as np.argmax: the first largest,
-    or the first NaN); c >= 1.  In C (_argmax.h): vector argmax on AVX-512, a prefetch."""
+    or the first NaN); c >= 1.  In C (_short_rows.h): vector argmax on AVX-512, a prefetch."""
     if floating is float:
         return opk_count_correct_float(scores, labels, rows, c)
     else:

@@ -18,7 +18,8 @@
  *   (then one block of four); relu of their k contiguous values each into h, or into a
  *   scratch (then streamed to h, if h is kept); then y's rows as sums of broadcast h values
  *   times W's rows, vectorized along the c outputs (W zero-padded to (k, cp), cp = c rounded
- *   up to the lanes), eight independent sums per step; a one-row loop for the last n % 4.
+ *   up to the lanes), eight independent sums per step in either block; a one-row loop for the
+ *   last n % 4.
  * - backward, OPK_RELU_MATMUL_BWD: four rows at a time (one load of W^T and of the
  *   accumulator per four rows), one chunk of L columns at a time or two (OPK_RM_PAIRS_*), relu
  *   applied to x as it is read (float32: the four rows copied, relu'd, into an aligned
@@ -253,9 +254,9 @@ static void opk_relu_matmul_bwd_##T(const T* g, const T* x, const T* wt, T* dx, 
 OPK_RELU_MATMUL_BWD(float, opk_vf, opk_vif, 1)
 OPK_RELU_MATMUL_BWD(double, opk_vd, opk_vid, 0)
 
-/* y rows [0, rows) (rows 8, 4 or 1) from their h rows hr (row stride k): ys (rows, cp) first, then copied to y
-   (row stride c): full vectors whose spill past c lands on the next row, written after it,
-   unless full tells that the spill would pass y's end; then value by value. */
+/* y rows [0, rows) (rows 8, 4 or 1) from their h rows hr (row stride k): ys (rows, cp) first,
+   then copied to y (row stride c): full vectors whose spill past c lands on the next row,
+   written after it, unless full tells that the spill would pass y's end; then value by value. */
 #define OPK_RELU_MATMUL_FWD(T, V)                                                               \
 static inline void opk_rm_fwd_rows_##T(const T* hr, const T* wp, T* ys, T* y, int rows,        \
                                        ptrdiff_t k, ptrdiff_t c, ptrdiff_t cp, int full) {      \
@@ -321,10 +322,11 @@ static void opk_relu_matmul_fwd_##T(const T* x, const T* wp, T* h, T* y, T* scra
     for (int rows = cp < 2 * OPK_RM_LANES_##T ? 8 : 4; rows >= 4; rows -= 4)                   \
         for (; r + rows <= n; r += rows) {                                                      \
             T* hr = (stream || !h) ? scratch : h + r * k;                                       \
-            /* y's rows 64 ahead, for writing: (N, c) is small (4 KB pages), and after a     \
-               large matmul out of the caches.  float32 (eight-row blocks), (60000, 100) x 10, \
-               one thread, y evicted first: 1.61-1.67 -> 1.39-1.41 ms; float64 unchanged     \
-               (its four-row blocks read twice the bytes of x): eight-row blocks only. */   \
+            /* a line of y 64 rows ahead, for writing, one per block: y (N, c) is small (4 KB \
+               pages) and, after a large matmul, out of the caches and the TLB.  float32      \
+               (eight-row blocks), (60000, 100) x 10, one thread, y evicted first: 1.61-1.67   \
+               -> 1.39-1.41 ms (a line per 64 bytes of the block did no better); float64      \
+               unchanged (its four-row blocks read twice the bytes of x): eight-row blocks. */ \
             if (rows == 8 && r + 64 + rows <= n) __builtin_prefetch(y + (r + 64) * c, 1, 3);    \
             opk_relu_##T(x + r * k, hr, rows * k);                                              \
             if (stream) opk_stream_##T(h + r * k, scratch, rows * k);                           \

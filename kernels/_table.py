@@ -85,7 +85,7 @@ def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray
 
 def relu_matmul_keeps_h() -> bool:
     """As :func:`pyops._numpy_kernels.relu_matmul_keeps_h`: only where this build runs relu and
-    BLAS apart; the one-pass kernel needs four rows of ``relu(x)`` at a time."""
+    BLAS apart; the one-pass kernel needs eight or four rows of ``relu(x)`` at a time."""
     return not _k.RELU_MATMUL_FUSED
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pyops
+from kernels import _dispatch
 
 BACKENDS = ("numpy", "cython")
 DTYPES = (np.float32, np.float64)
@@ -56,6 +57,11 @@ def tf():
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def built_runnable_variants():
+    """The compiled CPU variants this build has and this CPU runs (for tests of each)."""
+    return [v for v in _dispatch.runnable_variants() if v in _dispatch.built_variants()]
 
 
 def before_guard_page(a):

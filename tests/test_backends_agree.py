@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 import kernels
 import pyops
-from conftest import TOL, before_guard_page
+from conftest import TOL, before_guard_page, built_runnable_variants
 from kernels import _dispatch
 from pyops.backend import get_kernels
 
@@ -41,10 +41,6 @@ def test_cython_matches_numpy(name, shape, dtype, rng):
     for w, v in zip(want, got):
         assert v.dtype == w.dtype
         np.testing.assert_allclose(v, w, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
-
-
-def built_runnable_variants():
-    return [v for v in _dispatch.runnable_variants() if v in _dispatch.built_variants()]
 
 
 @pytest.mark.parametrize("variant", built_runnable_variants())
@@ -104,14 +100,26 @@ def test_count_correct_is_numpys_argmax(shape, dtype, rng):
 def test_count_correct_every_row_width_up_to_a_guard_page(dtype, rng):
     """Rows 1 to 35 wide: one and two vectors of every CPU variant (AVX-512: 16 floats or 8
     doubles each, lanes past the row masked), wider rows on the scalar loop; ties, NaN and
-    infinities in either vector; arrays that end at an inaccessible page, so that a load
-    past the last row faults."""
+    infinities in either vector, rows with several NaN (the first counts), -0.0 beside +0.0;
+    arrays that end at an inaccessible page, so that a load past the last row faults.  Each
+    row's argmax is checked on its own: against labels at np.argmax every row counts, against
+    labels one column off none does."""
     for c in range(1, 36):
         scores, labels = scores_and_labels((40, c), dtype, rng)
+        scores[0] = 0.0
+        scores[0, ::2] = -0.0                   # -0.0 first: the max is the first zero
+        for r, cols in ((1, [c // 2, c - 1]), (2, [c - 1, 0]), (3, [c // 3, c // 2, c - 1])):
+            scores[r] = rng.normal(size=c)
+            scores[r, cols] = np.nan            # several NaN, in one or both vectors
         want = int(np.count_nonzero(np.argmax(scores, axis=1) == np.argmax(labels, axis=1)))
-        scores, labels = before_guard_page(scores), before_guard_page(labels)
+        at = np.eye(c, dtype=dtype)[np.argmax(scores, axis=1)]
+        off = np.eye(c, dtype=dtype)[(np.argmax(scores, axis=1) + 1) % c]
+        scores, labels, at, off = (before_guard_page(a) for a in (scores, labels, at, off))
         for variant in built_runnable_variants():
-            assert _dispatch.load_variant(variant).count_correct(scores, labels) == want, (variant, c)
+            mod = _dispatch.load_variant(variant)
+            assert mod.count_correct(scores, labels) == want, (variant, c)
+            assert mod.count_correct(scores, at) == len(scores), (variant, c)
+            assert mod.count_correct(scores, off) == (0 if c > 1 else len(scores)), (variant, c)
 
 
 @pytest.mark.skipif(not kernels.build_info()["openmp"], reason="kernels built without OpenMP")
@@ -346,8 +354,10 @@ def test_softmax_of_logits_far_apart_on_both_backends(ops, dtype):
 @pytest.mark.parametrize("variant", built_runnable_variants())
 def test_softmax_every_row_width_in_every_variant(variant, dtype, rng):
     """Rows 1 to 40 wide: one and two vectors of the AVX-512 row loops (up to 32 floats or 16
-    doubles), wider rows on the scalar loops; -inf masks, a NaN row and an all -inf row
-    (NaN, as 0/0 in numpy); the fused op gives the same probabilities."""
+    doubles), wider rows on the scalar loops, on arrays that end at an inaccessible page;
+    -inf masks, a NaN row and an all -inf row (NaN, as 0/0 in numpy); the fused op gives the
+    same probabilities.  Then rows whose only far-apart logit is their last, in the second
+    vector from 17 columns on: float32 must still find it (the row min) and give exact 0."""
     mod = _dispatch.load_variant(variant)
     for c in range(1, 41):
         x = (rng.normal(size=(70, c)) * 4).astype(dtype)
@@ -355,16 +365,24 @@ def test_softmax_every_row_width_in_every_variant(variant, dtype, rng):
         x[:, 0] = np.where(np.isinf(x[:, 0]), 0, x[:, 0])  # a finite logit in every row ...
         x[5, c // 2] = np.nan
         x[6] = -np.inf                                     # ... but these two
+        x = before_guard_page(x)
         s = np.empty_like(x)
         mod.softmax_forward(x, s)
         ok = np.ones(len(x), bool)
         ok[[5, 6]] = False
         assert_softmax_close(s[ok], x[ok], flushed=dtype == np.float32)
         assert np.all(np.isnan(s[~ok])), c
-        labels = np.eye(c, dtype=dtype)[np.zeros(len(x), int)]
+        labels = before_guard_page(np.eye(c, dtype=dtype)[np.zeros(len(x), int)])
         s2 = np.empty_like(x)
         mod.softmax_cross_entropy(x, labels, s2)
         np.testing.assert_array_equal(s2, s, err_msg=f"c={c}")
+        if c > 1:
+            far = rng.normal(size=(70, c)).astype(dtype)
+            far[:, -1] -= 95  # below the float32 exp clamp (-87.33), no -inf anywhere
+            far = before_guard_page(far)
+            s3 = np.empty_like(far)
+            mod.softmax_forward(far, s3)
+            assert_softmax_close(s3, far, flushed=dtype == np.float32)
 
 
 @pytest.mark.parametrize("variant", built_runnable_variants())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pyops
-from conftest import TOL, before_guard_page
+from conftest import TOL, before_guard_page, built_runnable_variants
 from kernels import _dispatch, _table
 from pyops.backend import get_kernels
 
@@ -21,10 +21,6 @@ from pyops.backend import get_kernels
 # threading threshold (N * k >= 32768), with every N % 4 and k below one vector there too.
 SHAPES = [(0, 5, 3), (1, 1, 1), (3, 5, 2), (4, 16, 3), (5, 17, 10), (8, 3, 4), (13, 100, 10),
           (6, 9, 2), (1001, 33, 17), (2048, 100, 10), (6001, 24, 1), (6002, 7, 10), (4094, 9, 3)]
-
-
-def variants():
-    return [v for v in _dispatch.runnable_variants() if v in _dispatch.built_variants()]
 
 
 def inputs(n, k, c, dtype, rng):
@@ -80,7 +76,7 @@ def test_backward_from_x_or_from_relu_x_alike(ops, shape, dtype, rng):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("variant", variants())
+@pytest.mark.parametrize("variant", built_runnable_variants())
 def test_every_cpu_variant(variant, shape, stream, dtype, rng, monkeypatch):
     """Each build, with dx written through the caches or streamed past them (forced here
     for small arrays; the table streams from STREAM_MIN_BYTES on), from x or relu(x)."""
@@ -139,7 +135,7 @@ def test_nan_and_masked_entries_as_the_separate_ops(ops, dtype):
     np.testing.assert_array_equal(dW[:, 1], np.maximum(x, 0).T @ g[:, 1])
 
 
-@pytest.mark.parametrize("variant", variants())
+@pytest.mark.parametrize("variant", built_runnable_variants())
 def test_special_values_in_x_through_every_path(variant, dtype):
     """NaN, inf, -inf and -0.0 in x, through the 4-row blocks, the one-row tail and the
     k % lanes tail chunk: NaN rows of x give NaN in dx (masked: 0 * NaN) only where x is
@@ -201,7 +197,7 @@ def test_compiled_table_either_way(fused, dtype, rng, monkeypatch):
 
 
 def test_only_the_baseline_build_prefers_three_passes():
-    for variant in variants():
+    for variant in built_runnable_variants():
         assert _dispatch.load_variant(variant).RELU_MATMUL_FUSED is (variant != "baseline"), variant
 
 
@@ -219,7 +215,8 @@ def test_compiled_drivers_refuse_short_work_rows(direction, dtype, rng):
     else:
         wt = _table._padded_rows(mod, W.T)
         c, kp = wt.shape
-        work = np.zeros((1, _table._backward_work_values(mod, np.dtype(dtype), 5, kp, c) - 1), dtype)
+        values = _table._backward_work_values(mod, np.dtype(dtype), 5, kp, c)
+        work = np.zeros((1, values - 1), dtype)
         with pytest.raises(ValueError, match="relu_matmul_backward: work rows too short"):
             mod.relu_matmul_backward(g, x, wt, np.empty_like(x), work, False)
 
@@ -248,7 +245,7 @@ def test_more_threads_than_cores(threads, dtype, rng):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect guard pages: Linux")
-@pytest.mark.parametrize("variant", variants())
+@pytest.mark.parametrize("variant", built_runnable_variants())
 def test_no_access_past_any_array(variant, dtype, rng):
     """Every array the compiled kernel gets ends at an inaccessible page: a read or write one
     value past any of them (the tail chunk's full-width loads, the scratch spill) faults."""
@@ -321,7 +318,7 @@ def assert_same_y_without_h(forward, x, W, y):
 
 @pytest.mark.parametrize("stream", [False, True], ids=["cached", "streamed"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("variant", variants())
+@pytest.mark.parametrize("variant", built_runnable_variants())
 def test_forward_every_cpu_variant(variant, shape, stream, dtype, rng):
     x, W = forward_inputs(*shape, dtype, rng)
     h, y = np.full(x.shape, np.nan, dtype), np.full((x.shape[0], W.shape[1]), np.nan, dtype)
@@ -430,7 +427,7 @@ def test_forward_outputs_may_not_share_memory(ops):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect guard pages: Linux")
-@pytest.mark.parametrize("variant", variants())
+@pytest.mark.parametrize("variant", built_runnable_variants())
 def test_forward_no_access_past_any_array(variant, dtype, rng):
     """As test_no_access_past_any_array, for the forward: y's full-vector spill stops at its
     end, and no loop reads past x, wp or the scratch."""
