@@ -5,8 +5,10 @@
 # Layers, top to bottom:
 #   1. C glue: OpenMP present or not, libmvec exp/log (see _simd_math.h), the build variant.
 #   2. `cdef inline ... noexcept nogil` helpers over raw pointers and a length: one per
-#      kernel, written so gcc vectorizes them (no branches on loaded values, locals first),
-#      except the row argmax, whose rows of ~10 classes are too short to gain from it.
+#      kernel, written so gcc vectorizes them (no branches on loaded values, locals first).
+#      Loops over rows of ~10 classes (softmax's row max and sums, the row argmax) are too
+#      short for that: on AVX-512 they are vector loops in C (_short_rows.h), elsewhere
+#      scalar loops.
 #   3. Drivers `def relu_forward(...)` etc. over typed memoryviews (fused float/double,
 #      inputs `const`, outputs passed in): split rows or elements into one static chunk
 #      per thread with `prange`, below PARALLEL_MIN_ELEMENTS on one thread.
