@@ -4,8 +4,10 @@
 ``kernels.SoftmaxCrossEntropy`` are the :mod:`pyops` classes with their
 arithmetic done by Cython loops over typed memoryviews (float32/float64,
 OpenMP threads over rows); ``kernels.Matmul`` uses numpy's BLAS like
-``pyops.Matmul``.  Checks, errors, ``mem`` and ``out=`` are shared, so
-swapping one backend for the other changes speed, not behaviour.
+``pyops.Matmul``, but splits a large product over the kernels' threads with
+BLAS held to one thread (:mod:`kernels._matmul`).  Checks, errors, ``mem``
+and ``out=`` are shared, so swapping one backend for the other changes
+speed, not behaviour.
 
 Importing this package raises ImportError, with the command that builds it,
 when the compiled extension is missing.
@@ -17,7 +19,9 @@ from typing import Any, Dict
 
 from pyops import ops as _ops
 
-from . import _dispatch, _table
+from pyops._blas import openblas_thread_functions
+
+from . import _dispatch, _matmul, _table
 from ._dispatch import built_variants, runnable_variants
 
 __all__ = [
@@ -82,12 +86,17 @@ def build_info() -> Dict[str, Any]:
     it, threads, module path.
 
     ``omp_wait`` says how long idle OpenMP threads spin (None without OpenMP).
+    ``matmul_split``: whether ``Matmul`` splits large products over the kernels' threads
+    (needs OpenMP and numpy's bundled OpenBLAS; still only from two threads and
+    ``matmul_split_min_macs`` multiply-adds per part, see :mod:`kernels._matmul`).
     """
     info = dict(_table._k.build_info())
     info.update(
         threads=get_num_threads(),
         omp_wait=_dispatch.omp_wait if info["openmp"] else None,
         parallel_min_elements=_table._k.PARALLEL_MIN_ELEMENTS,
+        matmul_split=bool(info["openmp"]) and openblas_thread_functions() is not None,
+        matmul_split_min_macs=_matmul.SPLIT_MIN_MACS,
         built_variants=built_variants(),
         runnable_variants=runnable_variants(),
         module=_table._k.__file__,

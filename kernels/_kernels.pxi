@@ -12,6 +12,8 @@
 #   3. Drivers `def relu_forward(...)` etc. over typed memoryviews (fused float/double,
 #      inputs `const`, outputs passed in): split rows or elements into one static chunk
 #      per thread with `prange`, below PARALLEL_MIN_ELEMENTS on one thread.
+#   4. `run_calls`: Python calls (the parts of a large matmul, kernels._matmul), one per
+#      OpenMP thread, so that BLAS runs on the kernels' threads.
 # Every driver trusts its caller (kernels._table, via pyops.ops or pyops.model) to have
 # checked dtype, shape, contiguity and overlap: bounds checks are off.
 #
@@ -59,6 +61,7 @@ cdef enum:
     THREAD_LIMIT = 256
 
 PARALLEL_MIN_ELEMENTS = MIN_PARALLEL
+OPENMP = bool(OPK_OPENMP)
 MAX_THREADS = THREAD_LIMIT
 
 cdef int _n_threads = min(opk_max_threads(), <int>THREAD_LIMIT)
@@ -722,3 +725,24 @@ def adam_update(floating[::1] p,        # IN/OUT  parameters
                     _adam_range(pp + start, gp + start, mp + start, vp + start,
                                 min(step, n - start), c1, c2, <floating>eps, <floating>decay,
                                 <floating>step_size, <floating>inv_root_c2)
+
+
+# ------------------------------------------------ calls on the kernels' OpenMP threads
+
+def run_calls(object function, list calls):
+    """``function(*calls[t])`` for every t, each on its own OpenMP thread (one static chunk
+    per thread), then return.
+
+    For kernels._matmul, whose ``function`` is numpy.matmul on one part of a product: numpy
+    releases the GIL while BLAS computes, so the parts run at once, on the threads that run
+    the kernels (awake, or spinning briefly, after the kernel before).  Each call takes the
+    GIL only to start and to finish.  An exception in a call is raised here after every
+    call has returned.  Without OpenMP the calls run one after another.
+    """
+    cdef Py_ssize_t t, n = len(calls)
+    if n == 0:
+        return
+    with nogil:
+        for t in prange(n, schedule="static", num_threads=<int>min(n, THREAD_LIMIT)):
+            with gil:
+                function(*calls[t])

@@ -14,6 +14,7 @@ from pyops._checks import (count_correct_inputs, relu_matmul_forward_inputs, rel
                            warn_log_domain)
 from pyops._numpy_kernels import _relu_matmul_backward_apart, _relu_matmul_forward_apart
 
+from . import _matmul
 from ._dispatch import load
 
 _k = load()
@@ -60,6 +61,12 @@ def xent_forward(z: np.ndarray, y: np.ndarray, s_out: np.ndarray) -> float:
 def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -> np.ndarray:
     _k.scaled_difference(s.reshape(-1), y.reshape(-1), scale, out.reshape(-1))
     return out
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """As :func:`pyops._numpy_kernels.matmul`; large products split over the kernels' threads,
+    numpy's BLAS held to one (:mod:`kernels._matmul`)."""
+    return _matmul.matmul(a, b, out, _k)
 
 
 def count_correct(scores: np.ndarray, labels: np.ndarray) -> int:

@@ -128,6 +128,12 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
     return out
 
 
+def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """``a @ b`` (2-D, checked by the op) into ``out`` or a new array: one numpy call, whose
+    BLAS threads it as it likes."""
+    return np.matmul(a, b, out=out)
+
+
 @_ieee
 def relu_matmul_forward(x: np.ndarray, W: np.ndarray, out_h: Optional[np.ndarray],
                         out_y: np.ndarray) -> Tuple[Optional[np.ndarray], np.ndarray]:

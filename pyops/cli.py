@@ -25,7 +25,10 @@ the end of the first epoch whose test accuracy is at least 97%.
 
 Threads: ``--threads`` sets the compiled kernels' OpenMP threads (cython
 backend).  The matrix products use numpy's BLAS in both backends, whose threads
-are set by ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` before start-up.
+are set by ``--blas-threads`` or by ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``
+before start-up; on the cython backend a large product (the full-batch
+recipe's) is instead split over the kernels' threads, each part on one BLAS
+thread (see :mod:`kernels._matmul`).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ import numpy as np
 
 from . import __version__
 from . import data as _data
+from ._blas import get_blas_threads, set_blas_threads
 from .backend import BACKENDS, get_backend, get_ops
 from .model import MLP, SGD, Adam, ModelFileError, add_bias_column, cosine_lr, test
 
@@ -164,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "label smoothing, batches of 128, Adam, cosine decay).",
         epilog=_recipe_table() + "\n\nThreads: --threads sets the compiled kernels' OpenMP threads "
         "(cython backend); the matrix products use numpy's BLAS in both backends, whose threads "
-        "--blas-threads sets (numpy's bundled OpenBLAS) or OPENBLAS_NUM_THREADS before start-up.",
+        "--blas-threads sets (numpy's bundled OpenBLAS) or OPENBLAS_NUM_THREADS before start-up. "
+        "On the cython backend with 2 or more --threads, large products (full batch) are split "
+        "over the kernels' threads instead, each part on one BLAS thread.",
         formatter_class=_Formatter,
     )
     tr.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="training recipe")
@@ -187,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train on labels (1 - EPS) * onehot + EPS / 10; the training loss shown "
                     "includes it, the test loss does not " + _recipe_default("label_smoothing"))
     tr.add_argument("--threads", type=_positive_int, default=None,
-                    help="OpenMP threads of the cython kernels (pyops.set_num_threads); "
-                    "BLAS threads are separate (default: unchanged)")
+                    help="OpenMP threads of the cython kernels (pyops.set_num_threads), which "
+                    "also run large matrix products; BLAS threads are separate (default: unchanged)")
     tr.add_argument("--blas-threads", type=_positive_int, default=None, metavar="N",
                     help="threads of numpy's OpenBLAS (the matrix products, both backends), set "
                     "at run time; small mini-batch products run faster on one "
@@ -274,58 +280,12 @@ def _versions(backend: str) -> Dict[str, Any]:
         info["blas"] = {k: blas.get(k) for k in ("name", "version")}
     except Exception:  # older numpy: not essential
         pass
-    functions = _openblas_thread_functions()
-    info["blas_threads"] = int(functions[1]()) if functions else None
+    info["blas_threads"] = get_blas_threads()
     if backend == "cython":
         import kernels
 
         info["kernels"] = kernels.build_info()
     return info
-
-
-#: Names of OpenBLAS's thread setter/getter in numpy's bundled library (scipy-openblas) and plain builds.
-_OPENBLAS_SYMBOLS = (
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-)
-
-
-def _openblas_thread_functions():
-    """``(set, get)`` of numpy's bundled OpenBLAS as ctypes functions, or None if not found."""
-    import ctypes
-    import glob
-
-    root = os.path.dirname(os.path.dirname(np.__file__))
-    patterns = ("numpy.libs/*openblas*", "numpy/.dylibs/*openblas*")
-    for path in sorted({p for pat in patterns for p in glob.glob(os.path.join(root, pat))}):
-        try:
-            lib = ctypes.CDLL(path)  # already loaded by numpy: the same library instance
-        except OSError:
-            continue
-        for set_name, get_name in _OPENBLAS_SYMBOLS:
-            setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
-            if setter is not None and getter is not None:
-                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                return setter, getter
-    return None
-
-
-def set_blas_threads(n: int) -> Optional[int]:
-    """Set the threads of numpy's bundled OpenBLAS at run time; return the previous count.
-
-    Returns None (and changes nothing) when numpy does not use a bundled
-    OpenBLAS that can be found (e.g. MKL or Accelerate builds); then use the
-    BLAS's own environment variable before start-up.
-    """
-    functions = _openblas_thread_functions()
-    if functions is None:
-        return None
-    setter, getter = functions
-    previous = int(getter())
-    setter(int(n))
-    return previous
 
 
 def _make_optimizer(cfg: Dict[str, Any], params: np.ndarray, backend: str):

@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _numpy_kernels
+from ._blas import one_blas_thread
 from ._checks import check_fits_dtype, check_hyperparameter, same_shape_2d
 from .backend import get_kernels, get_ops
 
@@ -133,12 +134,18 @@ def compute_loss(log_prob: np.ndarray, labels: np.ndarray) -> float:
 
     Computed as ``-vdot(log_prob, labels) / N``: one pass and no ``(N, c)``
     temporaries (the notebook's expression makes three; at full batch that
-    was about 1.3 ms of a float32 step).  0.0 for ``N == 0``, as
+    was about 1.3 ms of a float32 step), with numpy's BLAS held to one thread:
+    a threaded ``vdot`` (OpenBLAS threads it from about 10000 elements) saves tens of
+    microseconds and leaves BLAS's threads spinning for 0.1 s on the cores the
+    compiled kernels that follow use.  0.0 for ``N == 0``, as
     :class:`~pyops.SoftmaxCrossEntropy`.
     """
     log_prob, labels = same_shape_2d("compute_loss", log_prob=log_prob, labels=labels)
     n = log_prob.shape[0]
-    return -float(np.vdot(log_prob, labels)) / n if n else 0.0
+    if not n:
+        return 0.0
+    with one_blas_thread():
+        return -float(np.vdot(log_prob, labels)) / n
 
 
 def compute_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:

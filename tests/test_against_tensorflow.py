@@ -24,17 +24,21 @@ def relu_input(rng, shape, dtype):
     return x.astype(dtype)
 
 
-def test_matmul(tf, ops, dtype, tol, rng):
-    x = rng.normal(size=(7, 5)).astype(dtype)
-    W = rng.normal(size=(5, 3)).astype(dtype)
-    g = rng.normal(size=(7, 3)).astype(dtype)
-    op = ops.Matmul()
+def check_matmul(tf, op, dtype, tol, rng, n, d, k):
+    """``op`` (a Matmul) forward and backward on (n, d) x (d, k) against TensorFlow."""
+    x = rng.normal(size=(n, d)).astype(dtype)
+    W = rng.normal(size=(d, k)).astype(dtype)
+    g = rng.normal(size=(n, k)).astype(dtype)
     y = op.forward(x, W)
     grad_x, grad_W = op.backward(g)
     y_tf, (gx_tf, gW_tf) = tf_value_and_grad(tf, tf.matmul, [x, W], g)
     for got, want in [(y, y_tf), (grad_x, gx_tf), (grad_W, gW_tf)]:
         assert got.dtype == dtype
         np.testing.assert_allclose(got, want, **tol)
+
+
+def test_matmul(tf, ops, dtype, tol, rng):
+    check_matmul(tf, ops.Matmul(), dtype, tol, rng, 7, 5, 3)
 
 
 def test_matmul_without_input_grad(tf, ops, dtype, tol, rng):
@@ -47,6 +51,25 @@ def test_matmul_without_input_grad(tf, ops, dtype, tol, rng):
     _, (_, gW_tf) = tf_value_and_grad(tf, tf.matmul, [x, W], g)
     assert grad_x is None
     np.testing.assert_allclose(grad_W, gW_tf, **tol)
+
+
+@pytest.mark.parametrize("n_threads", [2, 3])
+def test_matmul_split_over_kernel_threads(tf, dtype, tol, rng, monkeypatch, n_threads):
+    """kernels.Matmul with every product split over the kernels' threads (forced here; the
+    real threshold splits only large ones): rows of x forward, the summed rows for grad_W."""
+    import kernels
+    from kernels import _matmul
+    from pyops import _blas
+
+    if _blas.openblas_thread_functions() is None:
+        pytest.skip("numpy's BLAS here is not a bundled OpenBLAS: products are never split")
+    monkeypatch.setattr(_matmul, "SPLIT_MIN_MACS", 1)
+    before = kernels.get_num_threads()
+    kernels.set_num_threads(n_threads)
+    try:
+        check_matmul(tf, kernels.Matmul(), dtype, tol, rng, 41, 6, 4)
+    finally:
+        kernels.set_num_threads(before)
 
 
 @pytest.mark.parametrize("shape", [(8, 10), (60, 100), (3, 4, 5)], ids=str)

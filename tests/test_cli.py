@@ -19,6 +19,7 @@ import pyops
 import pyops.data
 from conftest import BACKENDS
 from pyops import cli
+from pyops._blas import openblas_thread_functions
 
 
 def _write_fake_mnist(path, n_train=320, n_test=80, seed=0):
@@ -265,7 +266,7 @@ def test_threads_option_on_numpy_backend_only_notes(fake_mnist, capsys):
 
 
 def test_blas_threads_are_set_for_the_run_then_restored(fake_mnist, tmp_path):
-    functions = cli._openblas_thread_functions()
+    functions = openblas_thread_functions()
     if functions is None:
         pytest.skip("numpy does not use a bundled OpenBLAS here")
     before = functions[1]()
