@@ -384,7 +384,7 @@ def second_layer_table(res: Results) -> str:
 
 
 # --------------------------------------------------------------------------- training step
-TRAIN_ORDER = ["numpy", "cython", "tensorflow", "torch", "gemm-floor"]
+TRAIN_ORDER = ["numpy", "cython", "tensorflow", "torch", "gemm-floor", "gemm-split"]
 
 
 def train_table(res: Results) -> Tuple[str, Dict[str, Any]]:
@@ -393,7 +393,7 @@ def train_table(res: Results) -> Tuple[str, Dict[str, Any]]:
         return "", {}
     impls: List[str] = []
     for family in TRAIN_ORDER:
-        expanded = res.threads(family) if family in ("cython", "torch") else [family]
+        expanded = res.threads(family) if family in ("cython", "torch", "gemm-split") else [family]
         impls += [i for i in expanded if any(res.get(g, i) is not None for g in groups.values())]
     header = ["implementation"]
     for dt in groups:
@@ -689,6 +689,13 @@ def targets(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results,
         if cy and floor:
             add(f"train step {dtype} at most 1.15x its two GEMMs", cy <= 1.15 * floor, f"{_times(cy / floor, 1.15)} floor",
                 noisy, "gemm-floor")
+        # the step's own two products: split over the kernels' threads from two threads on
+        own = cy_impl.replace("cython-", "gemm-split-")
+        split = t.get(own)
+        if cy and split:
+            add(f"train step {dtype} at most 1.15x its own two GEMMs (split)", cy <= 1.15 * split,
+                f"{_times(cy / split, 1.15)} {own}",
+                (noisy - {"gemm-floor"}) | ({own} if res.noisy(group, own) else set()), own)
     for dtype, (q, noisy_part) in (estimate or {}).items():
         if not best:
             out.append((f"train step {dtype} at most 1.15x its two GEMMs, estimated from parts",

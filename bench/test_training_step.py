@@ -22,7 +22,11 @@ Group ``train-step-<dtype>``:
 ``gemm-floor``
     **Not a step**: the two large products alone, ``X @ W1`` and ``X.T @ G``
     (60000 x 785 x 100 each) with numpy's BLAS and ``out=``, ``W1`` and the gradient in the
-    model's layout (F-contiguous): what a step cannot go below.
+    model's layout (F-contiguous): what a step that calls numpy for them cannot go below.
+``gemm-split-<cores>t``
+    **Not a step**: the same two products as the ``cython-<cores>t`` step runs them,
+    ``kernels.Matmul`` forward and backward, each split over the kernels' threads with
+    numpy's BLAS held to one thread (``kernels._matmul``): that step's own GEMMs alone.
 
 After timing, each implementation runs one step from the initial weights and its updated
 weights are checked against a float64 numpy reference (correctness only).
@@ -68,7 +72,7 @@ TOL = {"float64": 1e-9, "float32": 2e-3}
 def implementations(dtype: str):
     impls = ["numpy"] + [f"cython-{t}t" for t in THREAD_COUNTS]
     impls += ["tensorflow"] + [f"torch-{t}t" for t in THREAD_COUNTS]
-    return impls + ["gemm-floor"]
+    return impls + ["gemm-floor"] + [f"gemm-split-{t}t" for t in THREAD_COUNTS if t > 1]
 
 
 CASES = [(dtype, impl) for dtype in DTYPES for impl in implementations(dtype)]
@@ -245,17 +249,27 @@ def test_train_step(benchmark, request, use_threads, dtype, impl):
     benchmark.extra_info.update(op="train-step", dtype=dtype, impl=impl, family=family)
     d = data(dtype)
 
-    if family == "gemm-floor":
+    if family in ("gemm-floor", "gemm-split"):
         G = np.random.default_rng(1).standard_normal((N, HIDDEN)).astype(dtype)
         h1, W1, gW1 = np.empty((N, HIDDEN), dtype), *model_layout_w1(d.W1)
+        if family == "gemm-floor":
+            def gemms():
+                np.matmul(d.X, W1, out=h1)
+                np.matmul(d.X.T, G, out=gW1)
 
-        def gemms():
-            np.matmul(d.X, W1, out=h1)
-            np.matmul(d.X.T, G, out=gW1)
+            note = "X @ W1 and X.T @ G, numpy's BLAS"
+        else:
+            use_threads("cython", threads)
+            op = pyops.get_ops("cython").Matmul(input_grad=False)  # as MLP.mul_h1
 
+            def gemms():
+                op.forward(d.X, W1, out=h1)
+                op.backward(G, out=(None, gW1))
+
+            note = "X @ W1 and X.T @ G, kernels.Matmul (split over the kernels' threads)"
         if not benchmark.disabled:
             gemms()
-        benchmark.extra_info.update(threads=None, note="X @ W1 and X.T @ G, numpy's BLAS")
+        benchmark.extra_info.update(threads=threads, note=note)
         benchmark(gemms)
         rows = np.arange(0, N, 61)
         want_h1 = d.X[rows].astype(np.float64) @ d.W1.astype(np.float64)
