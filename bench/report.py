@@ -717,7 +717,7 @@ def chart(records: List[Dict[str, Any]], train: Dict[str, Any], res: Results, pa
               ("peer", "vs fastest of TensorFlow/PyTorch", "#dd8452")]
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6.5 * len(dtypes), 6.5), sharey=True, squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
-        # matmul is numpy's BLAS in both backends: its "speedup" would only chart noise
+        # matmul is BLAS in both backends (split over threads on cython): a few percent, noise
         recs = [r for r in records if r["dtype"] == dtype and r["cython"] and r["op"] != "matmul"]
         labels = [f"{OP_LABEL[r['op']]} {'fwd' if r['direction'] == 'forward' else 'bwd'}" for r in recs]
         values = {key: [(r[key] / r["cython"]) if r.get(key) else np.nan for r in recs] for key, _, _ in series}
@@ -849,7 +849,10 @@ def render(res: Results, results_dir: Path, second_session: bool = True) -> Tupl
             "One full-batch step (forward, loss and accuracy, backward for W1 and W2, SGD update) of "
             "the 785-100-10 network on synthetic MNIST-shaped data; *GEMM floor*: `X @ W1` and "
             "`X.T @ G` alone with numpy's BLAS, `W1` and its gradient F-contiguous as the model "
-            "keeps them. Medians of at least "
+            "keeps them; `gemm-split-<n>t`: the same two products as the `cython-<n>t` step runs "
+            "them, `kernels.Matmul` split over n kernel threads with numpy's BLAS held to one (that "
+            "step's own GEMMs alone; the one-thread step makes one numpy call, as the floor). "
+            "Medians of at least "
             f"{min(n for g, r in res.rounds.items() if g.startswith('train-step') for n in r.values())} "
             "rounds each. *rest in step* (this package's steps only): each step's time less that "
             "of its own two large products, timed inside it, median over the same timed rounds: "
