@@ -735,9 +735,11 @@ def run_calls(object function, list calls):
 
     For kernels._matmul, whose ``function`` is numpy.matmul on one part of a product: numpy
     releases the GIL while BLAS computes, so the parts run at once, on the threads that run
-    the kernels (awake, or spinning briefly, after the kernel before).  Each call takes the
-    GIL only to start and to finish.  An exception in a call is raised here after every
-    call has returned.  Without OpenMP the calls run one after another.
+    the kernels (awake, or spinning briefly, after the kernel before).  Each thread takes
+    the GIL to enter and leave the parallel region and to start and finish its call, so
+    another busy Python thread can delay each hand-over by its switch interval.  An
+    exception in a call is raised here after every call that started has returned; calls
+    not yet started then are skipped.  Without OpenMP the calls run one after another.
     """
     cdef Py_ssize_t t, n = len(calls)
     if n == 0:

@@ -1,9 +1,9 @@
 """``kernels.Matmul``'s products: large ones split over the kernels' threads, BLAS on one thread.
 
 Layers: :func:`matmul` (the kernel table's entry, called by the op classes after their
-checks) -> :func:`split_parts` (how many parts, if any) -> :func:`_parts` (the calls), run
-by the compiled module's ``run_calls``: one ``numpy.matmul`` per OpenMP thread, the
-threads that run the other kernels.
+checks) -> :func:`split_parts` (how many parts, if any) and :func:`split_axis` (cut along
+which axis) -> :func:`_parts` (the calls), run by the compiled module's ``run_calls``: one
+``numpy.matmul`` per OpenMP thread, the threads that run the other kernels.
 
 Why not let numpy's OpenBLAS thread the product itself: after each threaded call its idle
 threads spin for about 0.1 s (``OPENBLAS_THREAD_TIMEOUT``, read once at numpy's import) on
@@ -44,22 +44,42 @@ SPLIT_MIN_MACS: int = 1 << 28
 
 
 def split_parts(m: int, k: int, n: int, threads: int, openmp: bool = True) -> int:
-    """How many parts ``(m, k) @ (k, n)`` is split into on ``threads`` threads; 1: not split."""
+    """How many parts ``(m, k) @ (k, n)`` is split into on ``threads`` threads; 1: not split.
+
+    At most one per thread, each of :data:`SPLIT_MIN_MACS` multiply-adds or more, and no
+    more than the axis cut (:func:`split_axis`) is long."""
     if threads < 2 or not openmp or openblas_thread_functions() is None:
         return 1
-    return int(max(1, min(threads, max(m, k), (m * k * n) // SPLIT_MIN_MACS)))
+    parts = int(max(1, min(threads, (m * k * n) // SPLIT_MIN_MACS)))
+    return min(parts, {"rows": m, "summed": k, "columns": n}[split_axis(m, k, n, parts)])
+
+
+def split_axis(m: int, k: int, n: int, parts: int) -> str:
+    """Which axis of ``(m, k) @ (k, n)`` to cut into ``parts``: the rows of ``a`` when it has
+    at least as many rows as columns; else the summed axis, if the partial outputs that
+    needs (``parts - 1`` more ``(m, n)`` arrays, added after) are small beside ``a``, as for
+    ``X.T @ G``; else the columns of ``b``."""
+    if m >= k:
+        return "rows"
+    if (parts - 1) * m * n * 8 <= m * k:
+        return "summed"
+    return "columns"
 
 
 def _parts(a: np.ndarray, b: np.ndarray, out: np.ndarray,
            parts: int) -> Tuple[List[tuple], List[np.ndarray]]:
-    """The ``(a_part, b_part, out_part)`` calls of ``out = a @ b`` in ``parts`` pieces, and
-    the partial outputs to add into ``out`` afterwards: over the rows of ``a`` when it has
-    at least as many rows as columns (nothing to add), else over the summed axis."""
+    """The ``(a_part, b_part, out_part)`` calls of ``out = a @ b`` in ``parts`` pieces along
+    :func:`split_axis`, and the partial outputs to add into ``out`` afterwards."""
     m, k = a.shape
-    cut = [(m if m >= k else k) * i // parts for i in range(parts + 1)]
+    n = b.shape[1]
+    axis = split_axis(m, k, n, parts)
+    size = {"rows": m, "summed": k, "columns": n}[axis]
+    cut = [size * i // parts for i in range(parts + 1)]
     spans = list(zip(cut[:-1], cut[1:]))
-    if m >= k:
+    if axis == "rows":
         return [(a[lo:hi], b, out[lo:hi]) for lo, hi in spans], []
+    if axis == "columns":
+        return [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in spans], []
     partial = [np.empty_like(out) for _ in range(parts - 1)]  # the same layout as out
     outs = [out] + partial
     return [(a[:, lo:hi], b[lo:hi], o) for (lo, hi), o in zip(spans, outs)], partial
@@ -67,8 +87,9 @@ def _parts(a: np.ndarray, b: np.ndarray, out: np.ndarray,
 
 def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray],
            module: ModuleType) -> np.ndarray:
-    """``a @ b`` (2-D, checked by the caller) into ``out`` (or a new array), split over the
-    compiled ``module``'s threads when large enough (see the module note)."""
+    """``a @ b`` (2-D, checked by the caller: ``out`` overlaps neither) into ``out`` (or a
+    new array), split over the compiled ``module``'s threads when large enough (see the
+    module note)."""
     m, k = a.shape
     n = b.shape[1]
     parts = split_parts(m, k, n, module.get_num_threads(), bool(module.OPENMP))

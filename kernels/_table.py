@@ -65,7 +65,8 @@ def xent_backward(s: np.ndarray, y: np.ndarray, scale: float, out: np.ndarray) -
 
 def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
     """As :func:`pyops._numpy_kernels.matmul`; large products split over the kernels' threads,
-    numpy's BLAS held to one (:mod:`kernels._matmul`)."""
+    numpy's BLAS held to one (:mod:`kernels._matmul`).  ``out`` must not overlap ``a`` or
+    ``b`` (the op classes check)."""
     return _matmul.matmul(a, b, out, _k)
 
 

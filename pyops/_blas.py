@@ -73,6 +73,23 @@ def set_blas_threads(n: int) -> Optional[int]:
 
 
 _hold = threading.RLock()  # one holder at a time: the count is global, and is put back after
+_held_from: Optional[int] = None  # the count the outermost holder put back at its end
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread held the count: that thread does not exist in the
+    child, so free the lock it held and put back the count it would have."""
+    global _hold, _held_from
+    _hold = threading.RLock()
+    if _held_from is not None:
+        functions = openblas_thread_functions()
+        if functions is not None:
+            functions[0](_held_from)
+        _held_from = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextlib.contextmanager
@@ -84,8 +101,10 @@ def one_blas_thread() -> Iterator[bool]:
     cores, where the compiled kernels that follow run; even ``numpy.vdot`` of a full-batch
     loss is threaded.  Held to one thread, OpenBLAS wakes none of them.  The count is one
     setting for the process: BLAS calls from other Python threads meanwhile get one thread
-    too, and a second holder waits for the first.
+    too, and a second holder waits for the first.  A child forked meanwhile starts with the
+    count put back and the hold free.
     """
+    global _held_from
     functions = openblas_thread_functions()
     if functions is None:
         yield False
@@ -95,8 +114,10 @@ def one_blas_thread() -> Iterator[bool]:
         before = int(getter())
         if before != 1:
             setter(1)
+            _held_from = before
         try:
             yield True
         finally:
             if before != 1:
                 setter(before)
+                _held_from = None

@@ -18,6 +18,16 @@ needs_openblas = pytest.mark.skipif(_blas.openblas_thread_functions() is None,
                                     reason="numpy's BLAS here is not a bundled OpenBLAS")
 
 
+@pytest.fixture(autouse=True)
+def blas_at_three_threads():
+    """Each test starts with numpy's OpenBLAS at 3 threads (whatever the machine's count), so
+    that a count not put back to it shows; the count before is put back after."""
+    before = _blas.set_blas_threads(3)
+    yield
+    if before is not None:
+        _blas.set_blas_threads(before)
+
+
 @pytest.fixture
 def threads():
     """Set the kernels' threads for one test, then put the count back."""
@@ -75,7 +85,8 @@ def product_case(rng, dtype, m, k, n, out_layout):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("out_layout", ["C", "F", None])
 @pytest.mark.parametrize("m, k, n, axis", [(50, 7, 3, "rows"), (7, 50, 3, "summed"),
-                                           (9, 9, 4, "rows"), (1, 40, 2, "summed")], ids=str)
+                                           (9, 9, 4, "rows"), (1, 40, 2, "summed"),
+                                           (6, 40, 30, "columns"), (3, 5, 2, "columns")], ids=str)
 @pytest.mark.parametrize("n_threads", [2, 3])
 def test_split_product_matches_float64_numpy(rng, dtype, out_layout, m, k, n, axis, n_threads,
                                               monkeypatch):
@@ -85,15 +96,19 @@ def test_split_product_matches_float64_numpy(rng, dtype, out_layout, m, k, n, ax
     module = RecordingModule(n_threads)
     before = _blas.get_blas_threads()
     got = _matmul.matmul(a, b, out, module)
-    parts = min(n_threads, max(m, k))
+    parts = min(n_threads, {"rows": m, "summed": k, "columns": n}[axis])
+    assert _matmul.split_axis(m, k, n, parts) == axis
     assert len(module.parts) == parts
     if axis == "rows":  # row blocks of a, all of b
         assert sorted(s[0][0] for _, _, s in module.parts) == sorted(
             m * (i + 1) // parts - m * i // parts for i in range(parts))
         assert all(s[1] == (k, n) for _, _, s in module.parts)
-    else:  # column blocks of a with the matching row blocks of b
+    elif axis == "summed":  # column blocks of a with the matching row blocks of b
         assert all(s[0][1] == s[1][0] and s[0][0] == m for _, _, s in module.parts)
         assert sum(s[0][1] for _, _, s in module.parts) == k
+    else:  # all of a, column blocks of b and out: no partial outputs
+        assert all(s[0] == (m, k) and s[1][1] == s[2][1] for _, _, s in module.parts)
+        assert sum(s[1][1] for _, _, s in module.parts) == n
     assert all(blas == 1 for _, blas, _ in module.parts), "BLAS held to one thread in the parts"
     if _table._k.OPENMP:
         assert len({tid for tid, _, _ in module.parts}) == parts, "one OpenMP thread per part"
@@ -135,18 +150,20 @@ def test_split_error_is_raised_after_every_part_and_blas_is_put_back(monkeypatch
     if not _table._k.OPENMP:
         pytest.skip("without OpenMP the parts run one after another")
     before = _blas.get_blas_threads()
-    finished = []
+    started, finished = threading.Event(), []
 
     def part(i):
         if i == 0:
+            started.wait(10)  # part 1 has started (a call not started when one fails is skipped)
             raise RuntimeError("part 0 failed")
+        started.set()
         threading.Event().wait(0.05)  # still running when part 0 raises
         finished.append(i)
 
     with pytest.raises(RuntimeError, match="part 0 failed"):
         with _blas.one_blas_thread():
             _table._k.run_calls(part, [(0,), (1,)])
-    assert finished == [1], "run_calls returns only after every call"
+    assert finished == [1], "run_calls returns only after every started call"
     assert _blas.get_blas_threads() == before
 
 
@@ -172,19 +189,21 @@ def test_one_blas_thread_without_openblas_changes_nothing(monkeypatch):
 
 
 @needs_openblas
-def test_concurrent_split_products_are_right_and_put_blas_back(threads, split_always, rng):
+def test_concurrent_split_products_are_right_hold_blas_and_put_it_back(threads, split_always, rng):
+    """Split products from four Python threads at once: each right, every part run with BLAS
+    at one thread (the hold is one at a time), and the count put back at the end."""
     threads(2)
-    before = _blas.get_blas_threads()
-    cases = [product_case(rng, np.float64, 64, 9, 5, "C") for _ in range(4)]
+    cases = [product_case(rng, np.float64, 400, 60, 50, "C") for _ in range(4)]
+    module = RecordingModule(2)
     errors = []
 
     def work(case):
         a, b, out, want = case
         try:
-            for _ in range(20):
+            for _ in range(25):
                 out[...] = np.nan
-                op = kernels.Matmul()
-                np.testing.assert_allclose(op.forward(a, b, out=out), want, **TOL[np.float64])
+                np.testing.assert_allclose(_matmul.matmul(a, b, out, module), want,
+                                           **TOL[np.float64])
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -194,8 +213,9 @@ def test_concurrent_split_products_are_right_and_put_blas_back(threads, split_al
     for w in workers:
         w.join()
     assert errors == []
-    assert len(split_always) == 4 * 20
-    assert _blas.get_blas_threads() == before
+    assert len(split_always) == 4 * 25 and len(module.parts) == 2 * 4 * 25
+    assert {blas for _, blas, _ in module.parts} == {1}
+    assert _blas.get_blas_threads() == 3
 
 
 @needs_openblas
@@ -229,3 +249,75 @@ def test_notebook_loss_holds_blas_to_one_thread(monkeypatch):
     assert pyops.model.compute_loss(log_prob, labels) == pytest.approx(np.log(3))
     assert seen == [1]
     assert _blas.get_blas_threads() == before
+
+
+@needs_openblas
+def test_restore_checks_start_from_three_blas_threads():
+    assert _blas.get_blas_threads() == 3
+
+
+@needs_openblas
+def test_every_product_of_the_op_goes_through_the_split(threads, split_always, rng):
+    """forward's x @ W and backward's g @ W.T and x.T @ g."""
+    threads(2)
+    x, W, g = rng.normal(size=(30, 4)), rng.normal(size=(4, 3)), rng.normal(size=(30, 3))
+    op = kernels.Matmul()
+    op.forward(x, W)
+    op.backward(g)
+    assert split_always == [True, True, True]
+
+
+def test_build_info_says_whether_products_are_split(monkeypatch):
+    found = _blas.openblas_thread_functions() is not None
+    assert kernels.build_info()["matmul_split"] == (bool(_table._k.OPENMP) and found)
+    assert kernels.build_info()["matmul_split_min_macs"] == _matmul.SPLIT_MIN_MACS
+    monkeypatch.setattr(kernels, "openblas_thread_functions", lambda: None)
+    assert kernels.build_info()["matmul_split"] is False
+
+
+@needs_openblas
+def test_summed_axis_split_needs_no_large_partial_outputs():
+    """A product with about as many rows as columns in a, and a large output, is cut along
+    the columns of b, not the summed axis (whose partial outputs would be full-size)."""
+    assert _matmul.split_axis(1000, 1001, 5000, 2) == "columns"
+    assert _matmul.split_axis(785, 60000, 100, 2) == "summed"   # the step's X.T @ G
+    assert _matmul.split_axis(60000, 785, 100, 2) == "rows"     # X @ W1
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@needs_openblas
+def test_a_child_forked_while_blas_is_held_starts_free():
+    """The holder thread does not exist in a forked child: the child's hold is free and its
+    OpenBLAS count is the one the holder would have put back."""
+    import os
+
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with _blas.one_blas_thread():
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert held.wait(10)
+        assert _blas.get_blas_threads() == 1
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return into pytest
+            import signal
+
+            signal.alarm(20)  # a child stuck on the parent's hold dies instead of hanging
+            code = 1
+            try:
+                with _blas.one_blas_thread():  # would wait forever on the parent's hold
+                    pass
+                code = 0 if _blas.get_blas_threads() == 3 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        t.join()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert _blas.get_blas_threads() == 3
