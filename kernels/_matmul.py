@@ -38,7 +38,7 @@ from pyops._blas import one_blas_thread, openblas_thread_functions
 #: numpy call): 2^28, about 3400 rows of a (N, 785) x (785, 100) product per part.  Measured
 #: on this project's 2-core machine, two parts against OpenBLAS's two threads: 8192 rows,
 #: X @ W1 1.02x and X.T @ G 1.24x as fast in float32 (1.02x and 1.09x in float64); from
-#: 4096 rows down, a split after a pause was up to 2.5x slower (waking the threads costs
+#: 4096 rows down, a split after a pause was up to 3x slower (waking the threads costs
 #: about as much as such a product).
 SPLIT_MIN_MACS: int = 1 << 28
 
