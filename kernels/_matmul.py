@@ -12,10 +12,10 @@ kernels then ran slower on two threads than on one.  Held to one thread, OpenBLA
 none of its threads.  The split is also faster for the step's ``X.T @ G``, cut along its
 summed axis (the 60000 rows), each part's sum added after: full batch, float32, two
 threads, this project's machine: 27.2 against 31.3 ms (float64 58.4 against 60.5 ms);
-``X @ W1`` about as fast either way.  The parts run on the OpenMP threads, not on a Python thread pool:
-a pool thread woken while the kernels' thread still spun after the kernel before was
-placed on the caller's core and shared it for tens of milliseconds (float64 ``X.T @ G``
-in the step: 90 against 58 ms).
+``X @ W1`` about as fast either way.  The parts run on the OpenMP threads, not on a
+Python thread pool: a pool thread woken while the kernels' thread still spun after the
+kernel before was placed on the caller's core and shared it for tens of milliseconds
+(float64 ``X.T @ G`` in the step: 90 against 58 ms).
 
 The split runs only when all of these hold: the kernels use two or more threads
 (:func:`kernels.set_num_threads`) and were built with OpenMP, numpy's BLAS is a bundled
