@@ -19,8 +19,6 @@ from typing import Any, Dict
 
 from pyops import ops as _ops
 
-from pyops._blas import openblas_thread_functions
-
 from . import _dispatch, _matmul, _table
 from ._dispatch import built_variants, runnable_variants
 
@@ -95,7 +93,7 @@ def build_info() -> Dict[str, Any]:
         threads=get_num_threads(),
         omp_wait=_dispatch.omp_wait if info["openmp"] else None,
         parallel_min_elements=_table._k.PARALLEL_MIN_ELEMENTS,
-        matmul_split=bool(info["openmp"]) and openblas_thread_functions() is not None,
+        matmul_split=_matmul.split_available(info["openmp"]),
         matmul_split_min_macs=_matmul.SPLIT_MIN_MACS,
         built_variants=built_variants(),
         runnable_variants=runnable_variants(),

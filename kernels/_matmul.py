@@ -1,9 +1,10 @@
 """``kernels.Matmul``'s products: large ones split over the kernels' threads, BLAS on one thread.
 
 Layers: :func:`matmul` (the kernel table's entry, called by the op classes after their
-checks) -> :func:`split_parts` (how many parts, if any) and :func:`split_axis` (cut along
-which axis) -> :func:`_parts` (the calls), run by the compiled module's ``run_calls``: one
-``numpy.matmul`` per OpenMP thread, the threads that run the other kernels.
+checks) -> :func:`split_plan` (how many parts, if any, and along which axis:
+:func:`split_axis`) -> :func:`_parts` (the calls), run by the compiled module's
+``run_calls``: one ``numpy.matmul`` per OpenMP thread, the threads that run the other
+kernels.
 
 Why not let numpy's OpenBLAS thread the product itself: after each threaded call its idle
 threads spin for about 0.1 s (``OPENBLAS_THREAD_TIMEOUT``, read once at numpy's import) on
@@ -43,15 +44,29 @@ from pyops._blas import one_blas_thread, openblas_thread_functions
 SPLIT_MIN_MACS: int = 1 << 28
 
 
-def split_parts(m: int, k: int, n: int, threads: int, openmp: bool = True) -> int:
-    """How many parts ``(m, k) @ (k, n)`` is split into on ``threads`` threads; 1: not split.
+def split_available(openmp: bool) -> bool:
+    """Whether products can be split at all: OpenMP in the build, and numpy's bundled
+    OpenBLAS found (whose thread count the split holds to one)."""
+    return bool(openmp) and openblas_thread_functions() is not None
 
-    At most one per thread, each of :data:`SPLIT_MIN_MACS` multiply-adds or more, and no
-    more than the axis cut (:func:`split_axis`) is long."""
-    if threads < 2 or not openmp or openblas_thread_functions() is None:
-        return 1
+
+def split_plan(m: int, k: int, n: int, threads: int, openmp: bool = True) -> Tuple[int, str]:
+    """``(parts, axis)``: how many parts ``(m, k) @ (k, n)`` is cut into on ``threads``
+    threads (1: not split), and along which axis (:func:`split_axis`).
+
+    At most one part per thread, each of :data:`SPLIT_MIN_MACS` multiply-adds or more, and no
+    more than the axis cut is long."""
+    if threads < 2 or not split_available(openmp):
+        return 1, "rows"
     parts = int(max(1, min(threads, (m * k * n) // SPLIT_MIN_MACS)))
-    return min(parts, {"rows": m, "summed": k, "columns": n}[split_axis(m, k, n, parts)])
+    axis = split_axis(m, k, n, parts)
+    return min(parts, {"rows": m, "summed": k, "columns": n}[axis]), axis
+
+
+def split_parts(m: int, k: int, n: int, threads: int, openmp: bool = True) -> int:
+    """How many parts ``(m, k) @ (k, n)`` is split into on ``threads`` threads; 1: not split
+    (:func:`split_plan`)."""
+    return split_plan(m, k, n, threads, openmp)[0]
 
 
 def split_axis(m: int, k: int, n: int, parts: int) -> str:
@@ -66,14 +81,12 @@ def split_axis(m: int, k: int, n: int, parts: int) -> str:
     return "columns"
 
 
-def _parts(a: np.ndarray, b: np.ndarray, out: np.ndarray,
-           parts: int) -> Tuple[List[tuple], List[np.ndarray]]:
+def _parts(a: np.ndarray, b: np.ndarray, out: np.ndarray, parts: int,
+           axis: str) -> Tuple[List[tuple], List[np.ndarray]]:
     """The ``(a_part, b_part, out_part)`` calls of ``out = a @ b`` in ``parts`` pieces along
-    :func:`split_axis`, and the partial outputs to add into ``out`` afterwards."""
+    ``axis`` (of :func:`split_plan`), and the partial outputs to add into ``out`` afterwards."""
     m, k = a.shape
-    n = b.shape[1]
-    axis = split_axis(m, k, n, parts)
-    size = {"rows": m, "summed": k, "columns": n}[axis]
+    size = {"rows": m, "summed": k, "columns": b.shape[1]}[axis]
     cut = [size * i // parts for i in range(parts + 1)]
     spans = list(zip(cut[:-1], cut[1:]))
     if axis == "rows":
@@ -92,12 +105,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray],
     module note)."""
     m, k = a.shape
     n = b.shape[1]
-    parts = split_parts(m, k, n, module.get_num_threads(), bool(module.OPENMP))
+    parts, axis = split_plan(m, k, n, module.get_num_threads(), module.OPENMP)
     if parts < 2:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), np.result_type(a, b))
-    calls, partial = _parts(a, b, out, parts)
+    calls, partial = _parts(a, b, out, parts, axis)
     with one_blas_thread():
         module.run_calls(np.matmul, calls)
     for p in partial:

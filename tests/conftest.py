@@ -59,6 +59,16 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def kernel_threads():
+    """``kernel_threads(n)``: the compiled kernels' thread count for one test, put back after."""
+    import kernels
+
+    before = kernels.get_num_threads()
+    yield kernels.set_num_threads
+    kernels.set_num_threads(before)
+
+
 def built_runnable_variants():
     """The compiled CPU variants this build has and this CPU runs (for tests of each)."""
     return [v for v in _dispatch.runnable_variants() if v in _dispatch.built_variants()]

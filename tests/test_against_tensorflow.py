@@ -54,7 +54,8 @@ def test_matmul_without_input_grad(tf, ops, dtype, tol, rng):
 
 
 @pytest.mark.parametrize("n_threads", [2, 3])
-def test_matmul_split_over_kernel_threads(tf, dtype, tol, rng, monkeypatch, n_threads):
+def test_matmul_split_over_kernel_threads(tf, dtype, tol, rng, monkeypatch, kernel_threads,
+                                          n_threads):
     """kernels.Matmul with every product split over the kernels' threads (forced here; the
     real threshold splits only large ones): rows of x forward, the summed rows for grad_W."""
     import kernels
@@ -64,12 +65,8 @@ def test_matmul_split_over_kernel_threads(tf, dtype, tol, rng, monkeypatch, n_th
     if _blas.openblas_thread_functions() is None:
         pytest.skip("numpy's BLAS here is not a bundled OpenBLAS: products are never split")
     monkeypatch.setattr(_matmul, "SPLIT_MIN_MACS", 1)
-    before = kernels.get_num_threads()
-    kernels.set_num_threads(n_threads)
-    try:
-        check_matmul(tf, kernels.Matmul(), dtype, tol, rng, 41, 6, 4)
-    finally:
-        kernels.set_num_threads(before)
+    kernel_threads(n_threads)
+    check_matmul(tf, kernels.Matmul(), dtype, tol, rng, 41, 6, 4)
 
 
 @pytest.mark.parametrize("shape", [(8, 10), (60, 100), (3, 4, 5)], ids=str)

@@ -29,14 +29,6 @@ def blas_at_three_threads():
 
 
 @pytest.fixture
-def threads():
-    """Set the kernels' threads for one test, then put the count back."""
-    before = kernels.get_num_threads()
-    yield kernels.set_num_threads
-    kernels.set_num_threads(before)
-
-
-@pytest.fixture
 def split_always(monkeypatch):
     """Split every product (the real threshold keeps test-sized ones whole); count the splits."""
     monkeypatch.setattr(_matmul, "SPLIT_MIN_MACS", 1)
@@ -189,10 +181,11 @@ def test_one_blas_thread_without_openblas_changes_nothing(monkeypatch):
 
 
 @needs_openblas
-def test_concurrent_split_products_are_right_hold_blas_and_put_it_back(threads, split_always, rng):
+def test_concurrent_split_products_are_right_hold_blas_and_put_it_back(kernel_threads, split_always,
+                                                                       rng):
     """Split products from four Python threads at once: each right, every part run with BLAS
     at one thread (the hold is one at a time), and the count put back at the end."""
-    threads(2)
+    kernel_threads(2)
     cases = [product_case(rng, np.float64, 400, 60, 50, "C") for _ in range(4)]
     module = RecordingModule(2)
     errors = []
@@ -220,10 +213,10 @@ def test_concurrent_split_products_are_right_hold_blas_and_put_it_back(threads, 
 
 @needs_openblas
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-def test_model_step_split_matches_numpy_backend(threads, split_always, dtype):
+def test_model_step_split_matches_numpy_backend(kernel_threads, split_always, dtype):
     """A whole training step with both of the first layer's products split: the same loss,
     accuracy and weights as the numpy backend."""
-    threads(2)
+    kernel_threads(2)
     rng = np.random.default_rng(3)
     x = rng.random((300, 784)).astype(dtype)
     y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 300)]
@@ -257,9 +250,9 @@ def test_restore_checks_start_from_three_blas_threads():
 
 
 @needs_openblas
-def test_every_product_of_the_op_goes_through_the_split(threads, split_always, rng):
+def test_every_product_of_the_op_goes_through_the_split(kernel_threads, split_always, rng):
     """forward's x @ W and backward's g @ W.T and x.T @ g."""
-    threads(2)
+    kernel_threads(2)
     x, W, g = rng.normal(size=(30, 4)), rng.normal(size=(4, 3)), rng.normal(size=(30, 3))
     op = kernels.Matmul()
     op.forward(x, W)
@@ -271,7 +264,7 @@ def test_build_info_says_whether_products_are_split(monkeypatch):
     found = _blas.openblas_thread_functions() is not None
     assert kernels.build_info()["matmul_split"] == (bool(_table._k.OPENMP) and found)
     assert kernels.build_info()["matmul_split_min_macs"] == _matmul.SPLIT_MIN_MACS
-    monkeypatch.setattr(kernels, "openblas_thread_functions", lambda: None)
+    monkeypatch.setattr(_matmul, "openblas_thread_functions", lambda: None)
     assert kernels.build_info()["matmul_split"] is False
 
 
